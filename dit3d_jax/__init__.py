@@ -1,0 +1,1 @@
+"""DiT and DiT3D in JAX/Flax."""

@@ -1,0 +1,85 @@
+"""Models: DiT (image) and DiT3D (video), the variant registry and parameter helpers.
+
+    model = get_model("DiT3D-S/2", num_frames=16, text_dim=384)
+    params = init_params(model, jax.random.key(0))
+    out = model.apply({"params": params}, x, t, text=emb, text_mask=mask)
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit3d_jax.models.dit import PATCHES, SIZES, DiT
+from dit3d_jax.models.dit3d import DiT3D
+
+FAMILIES = {"DiT": DiT, "DiT3D": DiT3D}
+MODEL_NAMES = tuple(f"{family}-{size}/{patch}" for family in FAMILIES for size in SIZES
+                    for patch in PATCHES)
+
+
+def get_model(name: str, **overrides: Any) -> DiT:
+    """Builds a registered variant, e.g. "DiT-XL/2" or "DiT3D-S/2"; overrides set module fields."""
+    match = re.fullmatch(r"(DiT3D|DiT)-(S|B|L|XL)/(\d+)", name)
+    if match is None or int(match.group(3)) not in PATCHES:
+        raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    family, size, patch = match.group(1), match.group(2), int(match.group(3))
+    depth, hidden, heads = SIZES[size]
+    cls = FAMILIES[family]
+    fields = set(cls.__dataclass_fields__) - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {name}; valid: {sorted(fields)}")
+    kwargs = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def variant_name(model: DiT) -> str:
+    """"DiT-S/2"-style name of a model (with its depth when it differs from the table's)."""
+    family = "DiT3D" if isinstance(model, DiT3D) else "DiT"
+    for size, (depth, hidden, heads) in SIZES.items():
+        if (hidden, heads) == (model.hidden_size, model.num_heads):
+            suffix = "" if depth == model.depth else f" (depth {model.depth})"
+            return f"{family}-{size}/{model.patch_size}{suffix}"
+    return f"{family} custom (hidden {model.hidden_size}, depth {model.depth})"
+
+
+def dummy_inputs(model: DiT, batch: int = 1) -> dict:
+    """Zero inputs of the right shapes for `model.init` / `jax.eval_shape`."""
+    s, c = model.input_size, model.in_channels
+    shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
+    inputs = dict(x=jnp.zeros(shape, jnp.float32), t=jnp.zeros((batch,), jnp.float32))
+    if model.num_classes > 0:
+        inputs["y"] = jnp.zeros((batch,), jnp.int32)
+    if isinstance(model, DiT3D) and model.text_dim > 0:
+        inputs["text"] = jnp.zeros((batch, 1, model.text_dim), jnp.float32)
+    return inputs
+
+
+def init_boxed(model: DiT, rng: jax.Array) -> Any:
+    """Params with their logical-axis metadata (nn.Partitioned leaves)."""
+    return model.init({"params": rng}, **dummy_inputs(model))["params"]
+
+
+def init_params(model: DiT, rng: jax.Array) -> Any:
+    """Freshly initialised float32 params, plain arrays (jitted, so large variants init fast)."""
+    return jax.jit(lambda key: nn.unbox(init_boxed(model, key)))(rng)
+
+
+def param_logical_axes(model: DiT) -> Any:
+    """Pytree (like params) of PartitionSpecs holding logical axis names, e.g. ('embed', 'mlp')."""
+    abstract = jax.eval_shape(lambda: init_boxed(model, jax.random.key(0)))
+    return nn.get_partition_spec(abstract)
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+__all__ = ["DiT", "DiT3D", "MODEL_NAMES", "get_model", "init_params", "init_boxed",
+           "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]

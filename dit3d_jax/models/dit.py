@@ -1,0 +1,198 @@
+"""DiT (Peebles & Xie): an adaLN-Zero transformer on patchified latents, exact PyTorch layout.
+
+Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep and
+label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify. Parameter names
+follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at zero (adaLN
+modulations, the final linear) is set where each layer is declared in `layers.py`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit3d_jax.models.layers import (Dtype, LabelEmbedder, Mlp, PatchEmbed, SelfAttention,
+                                     TimestepEmbedder, ada_ln, dense, layer_norm, modulate,
+                                     sincos_2d, zeros)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: self-attention and MLP, each modulated (shift, scale, gate) by c.
+
+    x: (B, N, D), c: (B, D) -> (B, N, D).
+    """
+    hidden_size: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    def setup(self):
+        self.attn = SelfAttention(self.num_heads, self.dtype, self.attn_impl)
+        self.mlp = Mlp(int(self.hidden_size * self.mlp_ratio), self.dtype)
+        # Chunk order: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+        self.adaLN_modulation_1 = ada_ln(6, self.hidden_size, self.dtype, "adaLN_modulation_1")
+
+    def modulation(self, c: jax.Array) -> list[jax.Array]:
+        """c (B, D) -> six (B, D) chunks in DiT's order."""
+        return jnp.split(self.adaLN_modulation_1(nn.silu(c)), 6, axis=-1)
+
+    def mlp_branch(self, x: jax.Array, shift, scale, gate) -> jax.Array:
+        """x + gate·MLP(modulate(LN(x))). x: (B, N, D)."""
+        return x + gate[:, None] * self.mlp(modulate(layer_norm(x), shift, scale))
+
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x + gate_msa[:, None] * self.attn(modulate(layer_norm(x), shift_msa, scale_msa))
+        return self.mlp_branch(x, shift_mlp, scale_mlp, gate_mlp)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + Linear to p·p·C_out features. x: (B, N, D), c: (B, D)."""
+    hidden_size: int
+    out_features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        mod = ada_ln(2, self.hidden_size, self.dtype, "adaLN_modulation_1")(nn.silu(c))
+        shift, scale = jnp.split(mod, 2, axis=-1)
+        x = modulate(layer_norm(x), shift, scale)
+        return dense(self.out_features, self.dtype, ("embed", "out"), zeros, name="linear")(x)
+
+
+def unpatchify(x: jax.Array, grid: int, patch: int, channels: int) -> jax.Array:
+    """(B, grid², p·p·C) tokens, features ordered (p_row, p_col, c) -> (B, grid·p, grid·p, C)."""
+    b = x.shape[0]
+    x = x.reshape(b, grid, grid, patch, patch, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, grid * patch, grid * patch, channels)
+
+
+def _concrete(a) -> Optional[np.ndarray]:
+    """a as a NumPy array when its value is known outside tracing, else None."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class DiT(nn.Module):
+    """Image DiT. `apply({"params": p}, x, t, y, ...)` with x (B, H, W, C), t (B,), y (B,) int or None.
+
+    Returns (B, H, W, 2C) float32 when learn_sigma (ε then the variance interpolation v), else C.
+    `force_drop` (B,) bool replaces rows' labels by the null class (the CFG unconditional branch);
+    with train=True labels are also dropped with `class_dropout_prob` using the 'dropout' rng.
+    """
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    def make_block(self, index: int) -> nn.Module:
+        return DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
+                        self.attn_impl)
+
+    def setup(self):
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size "
+                             f"{self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
+                             f"{self.num_heads}")
+        self.x_embedder = PatchEmbed(self.hidden_size, self.patch_size, self.dtype)
+        self.t_embedder = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
+        if self.num_classes > 0:
+            self.y_embedder = LabelEmbedder(self.num_classes, self.hidden_size,
+                                            self.class_dropout_prob)
+        self.blocks = [self.make_block(i) for i in range(self.depth)]
+        self.final_layer = FinalLayer(self.hidden_size,
+                                      self.patch_size ** 2 * self.out_channels, self.dtype)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def drop_mask(self, batch: int, prob: float, force_drop, train: bool, stream: int):
+        """(B,) bool rows whose condition is replaced by its null, or None when nothing drops."""
+        drop = None if force_drop is None else jnp.asarray(force_drop, bool).reshape(batch)
+        if train and prob > 0:
+            key = jax.random.fold_in(self.make_rng("dropout"), stream)
+            rand = jax.random.bernoulli(key, prob, (batch,))
+            drop = rand if drop is None else drop | rand
+        return drop
+
+    def label_embedding(self, y, batch: int, force_drop, train: bool) -> Optional[jax.Array]:
+        """y (B,) int or None -> (B, D), or None for a model without classes."""
+        if self.num_classes == 0:
+            if y is not None:
+                raise ValueError("y: this model has num_classes=0 and takes no labels")
+            return None
+        if y is None:
+            if self.class_dropout_prob <= 0:
+                raise ValueError("y: labels are required (class_dropout_prob=0, no null class)")
+            y = jnp.full((batch,), self.num_classes, jnp.int32)
+        drop = self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
+        return self.y_embedder(y, drop)
+
+    def check_inputs(self, x, t, y, spatial_shape: tuple) -> None:
+        """Raises ValueError naming the argument when x, t or y do not fit the model."""
+        if x.ndim != len(spatial_shape) + 1 or tuple(x.shape[1:]) != spatial_shape:
+            raise ValueError(f"x: expected shape (B, {', '.join(map(str, spatial_shape))}) "
+                             f"(channels last), got {tuple(x.shape)}")
+        b = x.shape[0]
+        if jnp.shape(t) != (b,):
+            raise ValueError(f"t: expected shape ({b},), got {jnp.shape(t)}")
+        if y is not None:
+            if jnp.shape(y) != (b,) or not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+                raise ValueError(f"y: expected int labels of shape ({b},), got "
+                                 f"{jnp.asarray(y).dtype}{jnp.shape(y)}")
+            values = _concrete(y)
+            if values is not None and values.size and (values.min() < 0
+                                                         or values.max() >= self.num_classes):
+                raise ValueError(f"y: labels must be in [0, {self.num_classes}), got "
+                                 f"[{values.min()}, {values.max()}]")
+
+    def pos_embed(self) -> jax.Array:
+        """Fixed 2-D sin-cos positions (1, grid², D) float32 (DiT keeps them frozen)."""
+        return jnp.asarray(sincos_2d(self.hidden_size, self.grid_size), jnp.float32)[None]
+
+    def head(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        """Final layer + unpatchify: (B, N, D) -> (B, H, W, C_out) float32."""
+        out = self.final_layer(x, c).astype(jnp.float32)
+        return unpatchify(out, self.grid_size, self.patch_size, self.out_channels)
+
+    def __call__(self, x, t, y=None, force_drop=None, train: bool = False) -> jax.Array:
+        self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
+        h = self.x_embedder(x) + self.pos_embed().astype(self.dtype)
+        c = self.t_embedder(t)
+        y_emb = self.label_embedding(y, x.shape[0], force_drop, train)
+        if y_emb is not None:
+            c = c + y_emb
+        for block in self.blocks:
+            h = block(h, c)
+        return self.head(h, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: name -> (depth, hidden_size, num_heads); patch size from the suffix.
+# ---------------------------------------------------------------------------------------------
+
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+PATCHES = (2, 4, 8)

@@ -1,0 +1,167 @@
+"""DiT3D: the image DiT inflated to video, conditioned on timestep, class label and/or text.
+
+Each DiT block keeps its spatial self-attention over the tokens of one frame and its MLP, and gains
+ - a temporal self-attention over the F frames of each token position (1-D sin-cos temporal
+   positions added to its input), adaLN-modulated (shift, scale, gate) from the same conditioning;
+ - a cross-attention from all tokens of the clip to the projected text tokens.
+Both new output projections start at zero, so a DiT3D whose video layers are freshly initialised
+equals the image DiT applied frame by frame (`dit3d_jax.convert.inflate` puts DiT weights in).
+
+Text: token embeddings (B, L, text_dim) + mask, projected to the hidden size once (`text_proj`);
+their masked mean also enters the conditioning vector through `text_pool` (zero-initialised). A
+learned `null_text_embedding` (text_dim,) stands in for the whole caption (one token) when the text
+is dropped for classifier-free guidance or absent.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dit3d_jax.models.dit import DiT, DiTBlock
+from dit3d_jax.models.layers import (CrossAttention, SelfAttention, ada_ln, dense, layer_norm,
+                                     logical, modulate, sincos_1d, zeros)
+
+
+def _gate_one_bias(key, shape, dtype=jnp.float32):
+    """adaLN bias for (shift, scale, gate): 0, 0, 1 — the temporal branch starts un-gated."""
+    d = shape[0] // 3
+    return jnp.concatenate([jnp.zeros((2 * d,), dtype), jnp.ones((d,), dtype)])
+
+
+class DiT3DBlock(DiTBlock):
+    """DiT block + temporal attention (optional) + text cross-attention (optional).
+
+    x: (B, F, N, D), c: (B, D), text: (B, L, D) projected tokens or None, text_mask (B, L) bool,
+    temporal_pos: (F, D) -> (B, F, N, D).
+    """
+    temporal: bool = True
+    cross: bool = False
+
+    def setup(self):
+        super().setup()
+        if self.temporal:
+            self.temporal_attn = SelfAttention(self.num_heads, self.dtype, self.attn_impl,
+                                               zero_out=True)
+            self.temporal_adaLN = ada_ln(3, self.hidden_size, self.dtype, "temporal_adaLN",
+                                         bias_init=_gate_one_bias)
+        if self.cross:
+            self.cross_attn = CrossAttention(self.num_heads, self.dtype, self.attn_impl)
+
+    def __call__(self, x, c, text=None, text_mask=None, temporal_pos=None):
+        b, f, n, d = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x.reshape(b, f * n, d)
+        # Spatial attention: each frame's N tokens attend to each other.
+        h = modulate(layer_norm(x), shift_msa, scale_msa).reshape(b * f, n, d)
+        x = x + gate_msa[:, None] * self.attn(h).reshape(b, f * n, d)
+        if self.temporal:
+            # Temporal attention: each token position attends across the F frames.
+            shift, scale, gate = jnp.split(self.temporal_adaLN(nn.silu(c)), 3, axis=-1)
+            h = modulate(layer_norm(x), shift, scale).reshape(b, f, n, d)
+            h = h + temporal_pos[None, :, None].astype(h.dtype)
+            h = self.temporal_attn(h.transpose(0, 2, 1, 3).reshape(b * n, f, d))
+            x = x + gate[:, None] * h.reshape(b, n, f, d).transpose(0, 2, 1, 3).reshape(b, f * n, d)
+        if self.cross:
+            x = x + self.cross_attn(layer_norm(x), text, text_mask)
+        return self.mlp_branch(x, shift_mlp, scale_mlp, gate_mlp).reshape(b, f, n, d)
+
+
+class DiT3D(DiT):
+    """Video DiT. `apply({"params": p}, x, t, y=None, text=None, text_mask=None, force_drop=None,
+    train=False)` with x (B, F, H, W, C), t (B,), y (B,) int or None, text (B, L, text_dim),
+    text_mask (B, L) bool (True = real token). Returns (B, F, H, W, C_out) float32.
+
+    `force_drop` (B,) bool: those rows use the null class and the null text (CFG's unconditional
+    branch). With train=True labels drop with `class_dropout_prob` and text with `text_dropout_prob`,
+    independently, from the 'dropout' rng. `temporal_every` = k puts temporal attention in blocks
+    0, k, 2k, …; text_dim = 0 builds no text layers.
+    """
+    num_frames: int = 16
+    text_dim: int = 768
+    text_dropout_prob: float = 0.1
+    temporal_every: int = 1
+
+    def make_block(self, index: int) -> nn.Module:
+        return DiT3DBlock(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
+                          self.attn_impl, temporal=index % self.temporal_every == 0,
+                          cross=self.text_dim > 0)
+
+    def setup(self):
+        if self.temporal_every < 1:
+            raise ValueError(f"temporal_every must be >= 1, got {self.temporal_every}")
+        super().setup()
+        if self.text_dim > 0:
+            self.null_text_embedding = self.param(
+                "null_text_embedding",
+                logical(nn.initializers.normal(self.text_dim ** -0.5), ("text",)),
+                (self.text_dim,), jnp.float32)
+            self.text_proj_fc1 = dense(self.hidden_size, self.dtype, ("text", "embed"),
+                                       name="text_proj_fc1")
+            self.text_proj_fc2 = dense(self.hidden_size, self.dtype, ("mlp", "embed"),
+                                       name="text_proj_fc2")
+            self.text_pool = dense(self.hidden_size, self.dtype, ("text", "embed"), zeros,
+                                   name="text_pool")
+
+    def text_condition(self, text, text_mask, batch: int, force_drop, train: bool):
+        """Returns (tokens (B, L, D) projected, mask (B, L) bool, pooled (B, D)) after CFG drop."""
+        if text is None:
+            text = jnp.zeros((batch, 1, self.text_dim), jnp.float32)
+            text_mask = jnp.zeros((batch, 1), bool)
+            force_drop = jnp.ones((batch,), bool)
+        text = jnp.asarray(text, jnp.float32)
+        if text_mask is None:
+            text_mask = jnp.ones(text.shape[:2], bool)
+        text_mask = jnp.asarray(text_mask, bool)
+        drop = self.drop_mask(batch, self.text_dropout_prob, force_drop, train, 1)
+        if drop is not None:
+            length = text.shape[1]
+            null_tokens = jnp.zeros((length, self.text_dim)).at[0].set(self.null_text_embedding)
+            null_mask = jnp.arange(length) == 0
+            text = jnp.where(drop[:, None, None], null_tokens[None], text)
+            text_mask = jnp.where(drop[:, None], null_mask[None], text_mask)
+        weights = text_mask.astype(jnp.float32)[..., None]
+        pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+        tokens = self.text_proj_fc2(nn.gelu(self.text_proj_fc1(text), approximate=True))
+        return tokens, text_mask, self.text_pool(pooled)
+
+    def check_text(self, text, text_mask, batch: int) -> None:
+        if self.text_dim == 0:
+            if text is not None:
+                raise ValueError("text: this model has text_dim=0 and takes no text")
+            return
+        if text is None:
+            return
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != self.text_dim:
+            raise ValueError(f"text: expected shape ({batch}, L, {self.text_dim}), got "
+                             f"{tuple(text.shape)}")
+        if text_mask is not None and tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"text_mask: expected shape {tuple(text.shape[:2])}, got "
+                             f"{tuple(text_mask.shape)}")
+
+    def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
+                 train: bool = False) -> jax.Array:
+        s, p = self.input_size, self.patch_size
+        if x.ndim == 5 and x.shape[1] != self.num_frames:
+            raise ValueError(f"x: expected {self.num_frames} frames (num_frames), got "
+                             f"{x.shape[1]} in shape {tuple(x.shape)}")
+        self.check_inputs(x, t, y, (self.num_frames, s, s, self.in_channels))
+        b, f = x.shape[:2]
+        self.check_text(text, text_mask, b)
+
+        h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
+        h = (h + self.pos_embed().astype(self.dtype)).reshape(b, f, -1, self.hidden_size)
+        c = self.t_embedder(t)
+        y_emb = self.label_embedding(y, b, force_drop, train)
+        if y_emb is not None:
+            c = c + y_emb
+        tokens = mask = None
+        if self.text_dim > 0:
+            tokens, mask, pooled = self.text_condition(text, text_mask, b, force_drop, train)
+            c = c + pooled
+        temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
+        for block in self.blocks:
+            h = block(h, c, tokens, mask, temporal_pos)
+        c_frames = jnp.repeat(c, f, axis=0)
+        out = self.head(h.reshape(b * f, -1, self.hidden_size), c_frames)
+        return out.reshape(b, f, s, s, self.out_channels)

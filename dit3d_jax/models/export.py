@@ -1,0 +1,59 @@
+"""A model + params on disk: `DIR/model.json` (family and every module field) and `DIR/params`
+(an orbax checkpoint). Written by `convert_torch_weights.py`, read by `sample.py` and by training's
+`config.init_from`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from dit3d_jax.models import FAMILIES
+from dit3d_jax.models.dit import DiT
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_spec(model: DiT) -> dict:
+    """JSON-able description: {"family": "DiT3D", "fields": {...}} (dtype stored by name)."""
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.name not in ("parent", "name")}
+    fields["dtype"] = jnp.dtype(fields["dtype"]).name
+    family = next(k for k, cls in FAMILIES.items() if type(model) is cls)
+    return {"family": family, "fields": fields}
+
+
+def model_from_spec(spec: dict, **overrides: Any) -> DiT:
+    """Inverse of `model_spec`; overrides (e.g. dtype, attn_impl) replace stored fields."""
+    fields = dict(spec["fields"], **overrides)
+    if isinstance(fields.get("dtype"), str):
+        fields["dtype"] = _DTYPES[fields["dtype"]]
+    return FAMILIES[spec["family"]](**fields)
+
+
+def save_exported(directory: str, model: DiT, params: Any) -> None:
+    """Writes DIR/model.json and DIR/params; DIR must not hold params yet."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(directory, "params"), params)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(directory, "model.json"), "w") as f:
+        json.dump(model_spec(model), f, indent=2)
+
+
+def load_exported(directory: str, **overrides: Any) -> tuple[DiT, Any]:
+    """Reads what `save_exported` wrote -> (model, params)."""
+    directory = os.path.abspath(directory)
+    spec_path = os.path.join(directory, "model.json")
+    if not os.path.exists(spec_path):
+        raise FileNotFoundError(f"checkpoint: {directory} has no model.json (expected the output "
+                                f"of convert_torch_weights.py)")
+    with open(spec_path) as f:
+        model = model_from_spec(json.load(f), **overrides)
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"))
+    return model, params

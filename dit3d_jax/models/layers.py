@@ -1,0 +1,212 @@
+"""Building blocks shared by DiT and DiT3D: embeddings, attention, MLP, adaLN modulation.
+
+Parameter names mirror facebookresearch/DiT (`mlp_0` for `mlp.0`, `adaLN_modulation_1` for
+`adaLN_modulation.1`) so the PyTorch converter is a renaming plus transposes. Every kernel carries
+logical axis names (see `dit3d_jax.train.sharding` for the rules that map them onto the mesh).
+Norms, softmax statistics and outputs stay float32; matmuls run in the module's `dtype`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros_init()
+
+
+def logical(init: Initializer, names: Sequence[Optional[str]]) -> Initializer:
+    """Attaches logical axis names (for sharding rules) to an initializer."""
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+def dense(features: int, dtype: Dtype, names=("embed", "mlp"), kernel_init=xavier,
+          bias_init=zeros, name: Optional[str] = None, use_bias: bool = True) -> nn.Dense:
+    """A Linear layer: float32 params, `dtype` compute, logical axes `names` on the kernel."""
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias,
+                    kernel_init=logical(kernel_init, names),
+                    bias_init=logical(bias_init, names[-1:]), name=name)
+
+
+def layer_norm(x: jax.Array) -> jax.Array:
+    """LayerNorm without affine, eps 1e-6, statistics in float32; returns x's dtype. x: (..., D)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x·(1 + scale) + shift. x: (B, N, D); shift, scale: (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed sin-cos embeddings (float64 NumPy, exactly DiT's formulas)
+# ---------------------------------------------------------------------------------------------
+
+def sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
+    """[sin, cos] embedding of positions (M,) -> (M, embed_dim); omega = 1/10000^(i/(D/2))."""
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even, got {embed_dim}")
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0))
+    out = np.asarray(positions, np.float64).reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(embed_dim: int, grid_size: int) -> np.ndarray:
+    """DiT's 2-D embedding for a row-major grid -> (grid_size², embed_dim).
+
+    The first half of the channels encodes the column (w) index, the second half the row (h).
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4, got {embed_dim}")
+    rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
+    return np.concatenate([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)],
+                          axis=1)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """[cos, sin] frequency embedding of t (B,) -> (B, dim) float32."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedders
+# ---------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches -> tokens. x: (B, H, W, C) -> (B, (H/p)·(W/p), D), row-major."""
+    hidden_size: int
+    patch_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        # PyTorch initialises the conv like a Linear on its flattened (D, C·p·p) weight.
+        fan_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform",
+                                                    in_axis=(0, 1, 2), out_axis=3)
+        y = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, name="proj",
+                    kernel_init=logical(fan_init, (None, None, None, "embed")),
+                    bias_init=logical(zeros, ("embed",)))(x.astype(self.dtype))
+        return y.reshape(y.shape[0], -1, self.hidden_size)
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> (B, D): 256 [cos, sin] frequencies, Linear, SiLU, Linear."""
+    hidden_size: int
+    frequency_size: int = 256
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(0.02)
+        h = timestep_embedding(t, self.frequency_size)
+        h = dense(self.hidden_size, self.dtype, ("freq", "embed"), init, name="mlp_0")(h)
+        return dense(self.hidden_size, self.dtype, ("embed", "mlp"), init, name="mlp_2")(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels (B,) -> (B, D); row `num_classes` is the null class used for CFG."""
+    num_classes: int
+    hidden_size: int
+    dropout_prob: float
+
+    def setup(self):
+        rows = self.num_classes + int(self.dropout_prob > 0)
+        self.embedding_table = nn.Embed(
+            rows, self.hidden_size, param_dtype=jnp.float32,
+            embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")))
+
+    def __call__(self, labels: jax.Array, drop: Optional[jax.Array]) -> jax.Array:
+        """labels: (B,) int; drop: (B,) bool rows replaced by the null class, or None."""
+        if drop is not None:
+            if self.dropout_prob <= 0:
+                raise ValueError("label dropout/CFG needs class_dropout_prob > 0 (no null class row)")
+            labels = jnp.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention and MLP
+# ---------------------------------------------------------------------------------------------
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+              implementation: Optional[str]) -> jax.Array:
+    """Softmax attention. q: (B, Nq, H, Dh); k, v: (B, Nk, H, Dh); mask: (B, Nk) bool or None."""
+    bias_mask = None if mask is None else mask[:, None, None, :]
+    impl = None if implementation == "auto" else implementation
+    return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation=impl)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection ([q|k|v] × heads × head_dim).
+
+    x: (B, N, D) -> (B, N, D). `zero_out` initialises the output projection to zero.
+    """
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+    zero_out: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, n, d = x.shape
+        qkv = dense(3 * d, self.dtype, ("embed", "qkv"), name="qkv")(x)
+        q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads), 3, axis=2)
+        out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], None, self.attn_impl)
+        init = zeros if self.zero_out else xavier
+        return dense(d, self.dtype, ("heads", "embed"), init, name="proj")(out.reshape(b, n, d))
+
+
+class CrossAttention(nn.Module):
+    """Queries from x (B, N, D) read context (B, L, D) under mask (B, L) bool -> (B, N, D).
+
+    The output projection starts at zero, so a fresh cross-attention adds nothing.
+    """
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
+        b, n, d = x.shape
+        h, dh = self.num_heads, d // self.num_heads
+        q = dense(d, self.dtype, ("embed", "qkv"), name="q")(x).reshape(b, n, h, dh)
+        kv = dense(2 * d, self.dtype, ("embed", "qkv"), name="kv")(context)
+        k, v = jnp.split(kv.reshape(b, context.shape[1], 2, h, dh), 2, axis=2)
+        out = attention(q, k[:, :, 0], v[:, :, 0], mask, self.attn_impl)
+        return dense(d, self.dtype, ("heads", "embed"), zeros, name="proj")(out.reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """fc1, GELU (tanh approximation), fc2. x: (B, N, D) -> (B, N, D)."""
+    hidden_features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = dense(self.hidden_features, self.dtype, ("embed", "mlp"), name="fc1")(x)
+        h = nn.gelu(h, approximate=True)
+        return dense(x.shape[-1], self.dtype, ("mlp", "embed"), name="fc2")(h)
+
+
+def ada_ln(chunks: int, hidden_size: int, dtype: Dtype, name: str,
+           bias_init: Initializer = zeros) -> nn.Dense:
+    """The adaLN-Zero modulation Linear (applied after SiLU): D -> chunks·D, zero kernel."""
+    return dense(chunks * hidden_size, dtype, ("embed", "mlp"), zeros, bias_init, name=name)

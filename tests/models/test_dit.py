@@ -1,0 +1,126 @@
+"""DiT in Flax equals an independent PyTorch DiT (tests/torch_reference.py) weight for weight."""
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from dit3d_jax.convert import convert_torch_state_dict
+from dit3d_jax.models import MODEL_NAMES, count_params, get_model, init_params
+from dit3d_jax.models.dit import SIZES
+from dit3d_jax.models.layers import sincos_2d, timestep_embedding
+from torch_reference import TorchDiT, randomize_, ref_pos_embed, ref_timestep
+
+# name, overrides (small input/classes keep it fast), batch
+PARITY_CASES = [("DiT-S/2", dict(input_size=32, num_classes=1000)),
+                ("DiT-B/4", dict(input_size=16, num_classes=10))]
+
+
+def _torch_model(name, overrides, seed):
+    depth, hidden, heads = SIZES[name.split("-")[1].split("/")[0]]
+    patch = int(name.split("/")[1])
+    ref = TorchDiT(patch_size=patch, hidden_size=hidden, depth=depth, num_heads=heads,
+                   in_channels=4, learn_sigma=True, **overrides)
+    return randomize_(ref, seed).eval()
+
+
+def _rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("name,overrides", PARITY_CASES)
+def test_dit_matches_independent_pytorch_dit(name, overrides):
+    ref = _torch_model(name, overrides, seed=1)
+    model = get_model(name, **overrides)
+    params = convert_torch_state_dict(ref.state_dict())
+    rng = np.random.default_rng(0)
+    s = overrides["input_size"]
+    x = rng.standard_normal((3, s, s, 4)).astype(np.float32)
+    t = np.array([0, 417, 999], np.float32)
+    y = np.array([0, 3, overrides["num_classes"] - 1])
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+                       torch.from_numpy(y)).numpy().transpose(0, 2, 3, 1)
+    out = np.asarray(model.apply({"params": params}, x, t, y))
+    assert out.shape == (3, s, s, 8)
+    assert np.abs(expected).max() > 1e-2  # random weights give a non-trivial output
+    assert _rel_err(out, expected) <= 1e-5
+
+    # The null class: force_drop rows equal the reference fed label num_classes.
+    with torch.no_grad():
+        null = ref(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+                   torch.full((3,), overrides["num_classes"])).numpy().transpose(0, 2, 3, 1)
+    dropped = np.asarray(model.apply({"params": params}, x, t, y,
+                                     force_drop=np.array([True, False, True])))
+    assert _rel_err(dropped[[0, 2]], null[[0, 2]]) <= 1e-5
+    assert _rel_err(dropped[1], expected[1]) <= 1e-5
+
+
+def test_fixed_embeddings_match_the_reference_formulas():
+    np.testing.assert_allclose(sincos_2d(64, 5), ref_pos_embed(64, 5), atol=1e-12)
+    t = np.array([0.0, 1.0, 250.0, 999.0], np.float32)
+    np.testing.assert_allclose(np.asarray(timestep_embedding(jnp.asarray(t), 256)),
+                               ref_timestep(torch.from_numpy(t)).numpy(), atol=1e-4)  # float32 ulp at 999 rad ≈ 6e-5
+
+
+def test_parameter_counts_of_every_variant_match_pytorch():
+    for name in [n for n in MODEL_NAMES if n.startswith("DiT-")]:
+        model = get_model(name)
+        size, patch = name[4:].split("/")
+        depth, hidden, heads = SIZES[size]
+        with torch.device("meta"):
+            ref = TorchDiT(patch_size=int(patch), hidden_size=hidden, depth=depth,
+                           num_heads=heads)
+        shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+        flax_count = count_params(shapes)
+        torch_count = sum(p.numel() for p in ref.parameters())
+        assert flax_count + ref.pos_embed.numel() == torch_count, name
+    s2 = jax.eval_shape(lambda: init_params(get_model("DiT-S/2"), jax.random.key(0)))
+    assert count_params(s2) + 256 * 384 == 32_963_360
+
+
+def test_label_dropout_uses_the_explicit_rng():
+    model = get_model("DiT-S/8", depth=2, input_size=16, num_classes=5, class_dropout_prob=0.5)
+    params = init_params(model, jax.random.key(0))
+    noise = jax.random.normal(jax.random.key(1), (count_params(params),)) * 0.05
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    params = unravel(flat + noise)  # adaLN and final layer non-zero, so labels matter
+    x = jnp.ones((16, 16, 16, 4))
+    t = jnp.full((16,), 10.0)
+    y = jnp.arange(16) % 5
+
+    def run(seed):
+        return np.asarray(model.apply({"params": params}, x, t, y, train=True,
+                                      rngs={"dropout": jax.random.key(seed)}))
+    a, b, c = run(0), run(0), run(1)
+    np.testing.assert_array_equal(a, b)
+    keep = np.asarray(model.apply({"params": params}, x, t, y))
+    null = np.asarray(model.apply({"params": params}, x, t, y, force_drop=jnp.ones(16, bool)))
+    dropped = [np.allclose(a[i], null[i], atol=1e-6) for i in range(16)]
+    kept = [np.allclose(a[i], keep[i], atol=1e-6) for i in range(16)]
+    assert all(d != k for d, k in zip(dropped, kept)), (dropped, kept)  # dropped xor kept
+    assert 0 < sum(dropped) < 16
+    assert not np.array_equal(a, c)
+
+
+def test_bad_inputs_raise_one_clear_error():
+    model = get_model("DiT-S/8", depth=1, input_size=16, num_classes=5)
+    params = init_params(model, jax.random.key(0))
+    x, t, y = jnp.zeros((2, 16, 16, 4)), jnp.zeros((2,)), jnp.array([0, 1])
+    cases = [((jnp.zeros((2, 16, 16)), t, y), "x: expected shape"),
+             ((jnp.zeros((2, 16, 16, 3)), t, y), "x: expected shape"),
+             ((jnp.zeros((2, 8, 8, 4)), t, y), "x: expected shape"),
+             ((x, jnp.zeros((3,)), y), "t: expected shape"),
+             ((x, t, jnp.array([0, 5])), r"y: labels must be in \[0, 5\)"),
+             ((x, t, jnp.array([-1, 0])), "y: labels must be in"),
+             ((x, t, jnp.array([0.0, 1.0])), "y: expected int labels")]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.apply({"params": params}, *args)
+    with pytest.raises(ValueError, match="unknown model name 'DiT-M/2'"):
+        get_model("DiT-M/2")
+    with pytest.raises(ValueError, match="unknown model name 'DiT-S/3'"):
+        get_model("DiT-S/3")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['depht'\]"):
+        get_model("DiT-S/2", depht=3)

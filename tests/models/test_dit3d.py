@@ -1,0 +1,133 @@
+"""DiT3D: inflated from DiT it is DiT frame by frame; its video and text layers really mix."""
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dit3d_jax.convert import inflate
+from dit3d_jax.models import get_model, init_params
+
+SMALL = dict(depth=3, input_size=8, num_classes=7)
+F, TEXT_DIM = 4, 12
+
+
+@pytest.fixture(scope="module")
+def models():
+    image = get_model("DiT-S/4", **SMALL)
+    video = get_model("DiT3D-S/4", num_frames=F, text_dim=TEXT_DIM, **SMALL)
+    image_params = init_params(image, jax.random.key(0))
+    flat, unravel = jax.flatten_util.ravel_pytree(image_params)  # all weights non-zero
+    image_params = unravel(flat + 0.05 * jax.random.normal(jax.random.key(1), flat.shape))
+    video_params = inflate(image_params, init_params(video, jax.random.key(2)))
+    return image, video, image_params, video_params
+
+
+def _inputs(seed, b=2):
+    k = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(k[0], (b, F, 8, 8, 4))
+    text = jax.random.normal(k[1], (b, 5, TEXT_DIM))
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]][:b], bool)
+    return x, jnp.array([3.0, 700.0][:b]), jnp.array([1, 6][:b]), text, mask
+
+
+def _perturb_video_layers(video_params, image_params, scale=0.1):
+    """Makes every DiT3D-only leaf (temporal, cross-attention, text) random and non-zero."""
+    image_paths = {p for p, _ in jax.tree_util.tree_flatten_with_path(image_params)[0]}
+    keys = iter(jax.random.split(jax.random.key(3), 1000))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, v: v if p in image_paths else v + scale * jax.random.normal(next(keys), v.shape),
+        video_params)
+
+
+def test_inflated_dit3d_equals_dit_frame_by_frame(models):
+    image, video, image_params, video_params = models
+    x, t, y, text, mask = _inputs(0)
+    out = video.apply({"params": video_params}, x, t, y, text=text, text_mask=mask)
+    per_frame = image.apply({"params": image_params}, x.reshape(-1, 8, 8, 4),
+                            jnp.repeat(t, F), jnp.repeat(y, F))
+    expected = np.asarray(per_frame).reshape(2, F, 8, 8, 8)
+    assert out.shape == (2, F, 8, 8, 8)
+    assert np.max(np.abs(np.asarray(out) - expected)) <= 1e-5 * np.max(np.abs(expected))
+
+
+def test_temporal_attention_mixes_frames_and_text_changes_the_output(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    x, t, y, text, mask = _inputs(0)
+    base = np.asarray(video.apply({"params": params}, x, t, y, text=text, text_mask=mask))
+    x2 = x.at[:, 0].add(1.0)  # change only frame 0
+    moved = np.asarray(video.apply({"params": params}, x2, t, y, text=text, text_mask=mask))
+    assert np.abs(moved[:, -1] - base[:, -1]).max() > 1e-3
+    other_text = text + jax.random.normal(jax.random.key(9), text.shape)
+    changed = np.asarray(video.apply({"params": params}, x, t, y, text=other_text,
+                                     text_mask=mask))
+    assert np.abs(changed - base).max() > 1e-3
+    # Padding tokens are masked out: changing them changes nothing.
+    padded = text.at[0, 3:].set(100.0)
+    same = np.asarray(video.apply({"params": params}, x, t, y, text=padded, text_mask=mask))
+    np.testing.assert_allclose(same, base, atol=1e-5)
+    # With the temporal output projections back at zero, frame 0 cannot reach the last frame.
+    no_time = jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.zeros_like(v) if "temporal_attn" in jax.tree_util.keystr(p)
+        and "proj" in jax.tree_util.keystr(p) else v, params)
+    a = video.apply({"params": no_time}, x, t, y, text=text, text_mask=mask)
+    b = video.apply({"params": no_time}, x2, t, y, text=text, text_mask=mask)
+    np.testing.assert_allclose(np.asarray(a[:, -1]), np.asarray(b[:, -1]), atol=1e-6)
+
+
+def test_temporal_every_places_temporal_attention_in_every_kth_block():
+    model = get_model("DiT3D-S/8", depth=5, input_size=16, num_frames=2, text_dim=0,
+                      temporal_every=2)
+    params = init_params(model, jax.random.key(0))
+    with_temporal = [i for i in range(5) if "temporal_attn" in params[f"blocks_{i}"]]
+    assert with_temporal == [0, 2, 4]
+    assert not any("cross_attn" in params[f"blocks_{i}"] for i in range(5))
+
+
+def test_null_text_embedding_is_a_param_with_gradient_when_text_dropped(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    assert params["null_text_embedding"].shape == (TEXT_DIM,)
+    x, t, y, text, mask = _inputs(1)
+
+    def loss(p, drop):
+        out = video.apply({"params": p}, x, t, y, text=text, text_mask=mask, force_drop=drop)
+        return jnp.mean(out ** 2)
+    dropped = jax.grad(loss)(params, jnp.array([True, False]))
+    kept = jax.grad(loss)(params, jnp.array([False, False]))
+    assert np.abs(np.asarray(dropped["null_text_embedding"])).max() > 1e-6
+    assert np.abs(np.asarray(kept["null_text_embedding"])).max() == 0.0
+    # The dropped row ignores its text entirely.
+    a = video.apply({"params": params}, x, t, y, text=text, text_mask=mask,
+                    force_drop=jnp.array([True, False]))
+    b = video.apply({"params": params}, x, t, y, text=-text, text_mask=mask,
+                    force_drop=jnp.array([True, False]))
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-6)
+
+
+def test_text_dropout_during_training_uses_the_dropout_rng(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    x, t, y, text, mask = _inputs(2)
+    always = video.clone(text_dropout_prob=1.0, class_dropout_prob=1.0)
+    out = always.apply({"params": params}, x, t, y, text=text, text_mask=mask, train=True,
+                       rngs={"dropout": jax.random.key(0)})
+    null = video.apply({"params": params}, x, t, y, text=text, text_mask=mask,
+                       force_drop=jnp.ones(2, bool))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(null), atol=1e-6)
+
+
+def test_dit3d_bad_inputs_raise_one_clear_error(models):
+    _, video, _, params = models
+    x, t, y, text, mask = _inputs(0)
+    cases = [(dict(x=x[:, :3]), "expected 4 frames"),
+             (dict(x=x[..., :3]), "x: expected shape"),
+             (dict(x=x[0]), "x: expected shape"),
+             (dict(text=text[..., :5]), r"text: expected shape \(2, L, 12\)"),
+             (dict(text_mask=mask[:, :3]), "text_mask: expected shape"),
+             (dict(y=jnp.array([0, 7])), r"y: labels must be in \[0, 7\)")]
+    for change, message in cases:
+        args = {**dict(x=x, t=t, y=y, text=text, text_mask=mask), **change}
+        with pytest.raises(ValueError, match=message):
+            video.apply({"params": params}, args.pop("x"), args.pop("t"), **args)
