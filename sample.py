@@ -1,0 +1,163 @@
+"""Samples videos (or images) from a trained DiT3D / DiT.
+
+    python sample.py --workdir runs/demo --prompt "a red circle moving left" --num 4
+    python sample.py --workdir runs/demo --heldout              # the dataset's held-out captions
+    python sample.py --checkpoint runs/dit_xl2 --label 207 --label 360 --cfg-scale 4
+
+Loads a train.py workdir (EMA params unless --no-ema) or a convert_torch_weights.py output, draws
+`--num` samples per prompt/label with batched classifier-free guidance, and writes OUT.gif and
+OUT.mp4 (a captioned grid video) and OUT.png (every frame of every sample; images: one grid).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, before anything is computed or written."""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="a train.py workdir")
+    src.add_argument("--checkpoint", help="a convert_torch_weights.py output directory")
+    p.add_argument("--no-ema", action="store_true", help="use the raw params, not the EMA")
+    p.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
+    p.add_argument("--label", action="append", default=[], help="class id(s): 3 or 3,5")
+    p.add_argument("--heldout", action="store_true", help="prompt with the held-out captions")
+    p.add_argument("--num", type=int, default=1, help="samples per prompt / label")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the config's, else 4")
+    p.add_argument("--steps", type=int, default=None, help="default: the config's, else 250")
+    p.add_argument("--sampler", default=None, help=f"one of {SAMPLERS}")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--scale", type=int, default=4, help="integer upscaling of the written grid")
+    return p.parse_args(argv)
+
+
+def load(args):
+    """-> (model, params, config or None). Raises UsageError for a missing source."""
+    if args.checkpoint is not None:
+        from dit3d_jax.models.export import load_exported
+        if not os.path.isfile(os.path.join(args.checkpoint, "model.json")):
+            raise UsageError(f"--checkpoint {args.checkpoint!r}: no model.json there (expected a "
+                             f"convert_torch_weights.py output)")
+        model, params = load_exported(args.checkpoint)
+        return model, params, None
+    if not os.path.isdir(args.workdir):
+        raise UsageError(f"--workdir {args.workdir!r} does not exist")
+    from dit3d_jax.train.checkpoint import load_workdir
+    try:
+        return load_workdir(args.workdir, ema=not args.no_ema)
+    except FileNotFoundError as err:
+        raise UsageError(f"--workdir {args.workdir!r}: {err}") from None
+
+
+def conditions(args, model, config):
+    """-> (list of captions for the grid, cond dict of per-row numpy arrays before text encoding,
+    prompts list or None)."""
+    prompts = list(args.prompt)
+    if args.heldout:
+        if config is None or config.data.name != "moving_shapes":
+            raise UsageError("--heldout needs a workdir trained on the moving_shapes dataset")
+        from dit3d_jax.data.shapes import captions as dataset_captions
+        prompts += list(dataset_captions("heldout", config.data.config))
+    labels = [int(v) for item in args.label for v in str(item).split(",") if v.strip()]
+    if prompts and getattr(model, "text_dim", 0) == 0:
+        raise UsageError("--prompt: this model has no text conditioning (text_dim=0)")
+    for label in labels:
+        if not 0 <= label < model.num_classes:
+            raise UsageError(f"--label {label}: expected a class in [0, {model.num_classes})")
+    if prompts and labels and len(prompts) != len(labels):
+        raise UsageError(f"--prompt and --label: give as many of each ({len(prompts)} vs "
+                         f"{len(labels)}) or only one kind")
+    n = max(len(prompts), len(labels), 1)
+    names = [" / ".join(filter(None, [prompts[i] if prompts else "",
+                                      f"class {labels[i]}" if labels else ""])) or "unconditional"
+             for i in range(n)]
+    cond = {"y": np.repeat(np.array(labels, np.int32), args.num)} if labels else {}
+    return [name for name in names for _ in range(args.num)], cond, (
+        [p for p in prompts for _ in range(args.num)] if prompts else None)
+
+
+def settings(args, model, config):
+    """-> (sampler, steps, cfg_scale, objective) from flags, else the config, else DiT's."""
+    from dit3d_jax.diffusion.objective import make_objective
+    obj_cfg = config.objective if config is not None else {"name": "gaussian"}
+    objective = make_objective(obj_cfg, model.learn_sigma)
+    sample_cfg = config.sample if config is not None else {}
+    default_sampler = "heun" if obj_cfg.get("name") == "flow" else "ddpm"
+    sampler = args.sampler or sample_cfg.get("sampler", default_sampler)
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r}: expected one of {SAMPLERS}")
+    if (sampler in ("euler", "heun")) != (obj_cfg.get("name") == "flow"):
+        raise UsageError(f"--sampler {sampler!r} does not fit the {obj_cfg.get('name')} objective")
+    steps = args.steps if args.steps is not None else sample_cfg.get("steps", 250)
+    if steps <= 0:
+        raise UsageError(f"--steps {steps}: expected a positive number of steps")
+    cfg_scale = args.cfg_scale if args.cfg_scale is not None else sample_cfg.get("cfg_scale", 4.0)
+    return sampler, steps, cfg_scale, objective
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.num < 1:
+            raise UsageError(f"--num {args.num}: expected at least 1")
+        out = args.out or os.path.join(args.workdir or args.checkpoint, "samples.gif")
+        base, ext = os.path.splitext(out)
+        if ext.lower() not in (".gif", ".mp4", ".png"):
+            raise UsageError(f"--out {out!r}: expected a .gif, .mp4 or .png path")
+        model, params, config = load(args)
+        names, cond, prompts = conditions(args, model, config)
+        sampler, steps, cfg_scale, objective = settings(args, model, config)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    import jax
+    from dit3d_jax.diffusion import sample
+    from dit3d_jax.utils.video import make_grid, write_image, write_video
+    if prompts is not None:
+        from dit3d_jax.models.text import get_text_encoder
+        data = config.data if config is not None else None
+        encoder = get_text_encoder(data.text_encoder if data else "minilm",
+                                   max_length=data.text_max_length if data else 32)
+        cond["text"], cond["text_mask"] = encoder.encode(prompts)
+    video = model.__class__.__name__ == "DiT3D"
+    s, c = model.input_size, model.in_channels
+    shape = (len(names), model.num_frames, s, s, c) if video else (len(names), s, s, c)
+    print(f"Sampling {len(names)} x {shape[1:]} with {sampler}, {steps} steps, "
+          f"CFG {cfg_scale}", file=sys.stderr)
+
+    def apply_fn(p, x, t, **kw):
+        return model.apply({"params": p}, x, t, **kw)
+    x = sample(apply_fn, params, shape, cond, jax.random.key(args.seed), objective=objective,
+               sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=args.eta)
+    x = np.asarray(x)[..., :3]  # latents without a decoder: show the first three channels
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+    written = []
+    if video:
+        grid = make_grid(x, captions=names, scale=args.scale)
+        written += [write_video(base + ".gif", grid, args.fps),
+                    write_video(base + ".mp4", grid, args.fps)]
+        frames = make_grid(x.reshape(-1, 1, *x.shape[2:]), ncols=x.shape[1], scale=args.scale)
+        written.append(write_image(base + ".png", frames[0]))
+    else:
+        written.append(write_image(base + ".png", make_grid(x, captions=names, scale=args.scale)))
+    for path in written:
+        print(f"wrote {os.path.abspath(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
