@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
 
@@ -63,8 +61,7 @@ def load(args):
 
 
 def conditions(args, model, config):
-    """-> (list of captions for the grid, cond dict of per-row numpy arrays before text encoding,
-    prompts list or None)."""
+    """-> (a caption per sample for the grid, prompts, labels)."""
     prompts = list(args.prompt)
     if args.heldout:
         if config is None or config.data.name != "moving_shapes":
@@ -84,9 +81,7 @@ def conditions(args, model, config):
     names = [" / ".join(filter(None, [prompts[i] if prompts else "",
                                       f"class {labels[i]}" if labels else ""])) or "unconditional"
              for i in range(n)]
-    cond = {"y": np.repeat(np.array(labels, np.int32), args.num)} if labels else {}
-    return [name for name in names for _ in range(args.num)], cond, (
-        [p for p in prompts for _ in range(args.num)] if prompts else None)
+    return [name for name in names for _ in range(args.num)], prompts, labels
 
 
 def settings(args, model, config):
@@ -118,32 +113,20 @@ def main(argv=None) -> int:
         if ext.lower() not in (".gif", ".mp4", ".png"):
             raise UsageError(f"--out {out!r}: expected a .gif, .mp4 or .png path")
         model, params, config = load(args)
-        names, cond, prompts = conditions(args, model, config)
+        names, prompts, labels = conditions(args, model, config)
         sampler, steps, cfg_scale, objective = settings(args, model, config)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    import jax
-    from dit3d_jax.diffusion import sample
+    from dit3d_jax.generate import generate, text_encoder_for
     from dit3d_jax.utils.video import make_grid, write_image, write_video
-    if prompts is not None:
-        from dit3d_jax.models.text import get_text_encoder
-        data = config.data if config is not None else None
-        encoder = get_text_encoder(data.text_encoder if data else "minilm",
-                                   max_length=data.text_max_length if data else 32)
-        cond["text"], cond["text_mask"] = encoder.encode(prompts)
-    video = model.__class__.__name__ == "DiT3D"
-    s, c = model.input_size, model.in_channels
-    shape = (len(names), model.num_frames, s, s, c) if video else (len(names), s, s, c)
-    print(f"Sampling {len(names)} x {shape[1:]} with {sampler}, {steps} steps, "
-          f"CFG {cfg_scale}", file=sys.stderr)
-
-    def apply_fn(p, x, t, **kw):
-        return model.apply({"params": p}, x, t, **kw)
-    x = sample(apply_fn, params, shape, cond, jax.random.key(args.seed), objective=objective,
-               sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=args.eta)
-    x = np.asarray(x)[..., :3]  # latents without a decoder: show the first three channels
+    print(f"Sampling {len(names)} with {sampler}, {steps} steps, CFG {cfg_scale}", file=sys.stderr)
+    x = generate(model, params, objective, prompts=prompts, labels=labels, num=args.num,
+                 sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=args.seed, eta=args.eta,
+                 encoder=text_encoder_for(config) if prompts else None)
+    video = x.ndim == 5
+    x = x[..., :3]  # latents without a decoder: show the first three channels
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     written = []
     if video:
