@@ -1,0 +1,143 @@
+"""One pure, sharded training step: state, batch -> state, metrics.
+
+    step = make_train_step(config, model, objective, mesh, state_sharding)
+    state, metrics = step(state, shard_batch(mesh, host_batch))
+
+What happens inside, in order:
+ 1. keys: the state's key folded with the step number, split for timesteps, noise and CFG dropout;
+ 2. timesteps: from the importance sampler with weights 1/(T·p_t) when importance.enabled, else
+    drawn by the objective itself (uniform, or logit-normal for flow) with weights 1;
+ 3. forward/backward in the compute dtype (the model cloned with dtype=bf16 when configured;
+    params stay float32, the loss is float32); loss = mean(weights · per-sample loss); frozen
+    leaves sit behind stop_gradient, so no weight gradients are computed for them;
+ 4. the optimizer (freeze partition, clipping, warm-up, AdamW, accumulation), then
+    EMA: ema = decay·ema + (1 − decay)·params on trainable leaves when an update was applied;
+ 5. the importance history takes the global batch's (t, unweighted per-sample loss) (also with
+    importance.enabled off, so switching it on later starts from a warm history);
+ 6. NaN guard: a non-finite loss or gradient norm leaves params, EMA, optimizer state and sampler
+    bit-for-bit unchanged and counts the step in `skipped` (the step counter still advances).
+Metrics (float32 scalars): loss, mse, vb, grad_norm (trainable leaves, before clipping), lr,
+skipped (1 for a dropped step). The step never imports the data stack.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from dit3d_jax.diffusion import importance
+from dit3d_jax.models.dit import DiT
+from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.train import optim
+from dit3d_jax.train.sharding import batch_sharding, replicated
+from dit3d_jax.train.state import TrainState, build_optimizer
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+METRICS = ("loss", "mse", "vb", "grad_norm", "lr", "skipped")
+
+
+def compute_dtype(name: str) -> Any:
+    """"auto" -> bfloat16 on GPU/TPU, float32 on CPU; else the named dtype."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype: expected 'auto' or one of {tuple(COMPUTE_DTYPES)}, got "
+                         f"{name!r}")
+    return COMPUTE_DTYPES[name]
+
+
+def model_inputs(model: DiT, batch: dict) -> tuple[jax.Array, dict]:
+    """(x0, cond) from a batch: x0 = "video" (or "image"); cond holds y / text / text_mask for
+    the conditioning the model has."""
+    key = "video" if isinstance(model, DiT3D) else "image"
+    if key not in batch:
+        other = "image" if key == "video" else "video"
+        if other not in batch:
+            raise ValueError(f"batch: expected a {key!r} entry for {type(model).__name__}, got "
+                             f"keys {sorted(batch)}")
+        key = other
+    cond = {}
+    if model.num_classes > 0 and "label" in batch:
+        cond["y"] = batch["label"]
+    if getattr(model, "text_dim", 0) > 0 and "text_emb" in batch:
+        cond["text"] = batch["text_emb"]
+        if "text_mask" in batch:
+            cond["text_mask"] = batch["text_mask"]
+    return batch[key], cond
+
+
+def _select(ok: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], tuple]:
+    """The un-jitted pure step (state, batch) -> (state, metrics)."""
+    tx, labels = build_optimizer(config, model)
+    lr_of = optim.learning_rate(config.optim)
+    net = model.clone(dtype=compute_dtype(config.compute_dtype))
+    decay = float(config.ema_decay)
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"ema_decay: expected a value in [0, 1], got {decay!r}")
+    use_importance = bool(config.importance.enabled)
+    uniform_prob = float(config.importance.uniform_prob)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        x0, cond = model_inputs(model, batch)
+        key = jax.random.fold_in(state.rng, state.step)
+        key_t, key_loss, key_drop = jax.random.split(key, 3)
+        if use_importance:
+            t_bins, weights = importance.sample(state.sampler, key_t, x0.shape[0], uniform_prob)
+        else:
+            t_bins, weights = None, jnp.ones((x0.shape[0],), jnp.float32)
+
+        def loss_fn(params):
+            params = jax.tree_util.tree_map(
+                lambda label, p: jax.lax.stop_gradient(p) if label == optim.FROZEN else p,
+                labels, params)
+
+            def model_fn(x_t, t_model):
+                return net.apply({"params": params}, x_t, t_model, train=True,
+                                 rngs={"dropout": key_drop}, **cond)
+
+            per_sample, aux = objective.loss(model_fn, x0, key_loss, t_bins)
+            per_sample = per_sample.astype(jnp.float32)
+            return jnp.mean(weights * per_sample), (per_sample, aux)
+
+        (loss, (per_sample, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optim.global_norm(optim.trainable_only(grads, labels))
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        lr = lr_of(state.opt_state)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optim.apply_updates(state.params, updates, labels)
+        applied = optim.update_applied(opt_state)
+        ema_params = jax.tree_util.tree_map(
+            lambda label, e, p: e if label == optim.FROZEN else
+            jnp.where(applied, decay * e + (1.0 - decay) * p, e),
+            labels, state.ema_params, params)
+        sampler = importance.update(state.sampler, aux["t_bins"], per_sample)
+
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_select(ok, params, state.params),
+            ema_params=_select(ok, ema_params, state.ema_params),
+            opt_state=_select(ok, opt_state, state.opt_state),
+            sampler=_select(ok, sampler, state.sampler),
+            skipped=state.skipped + (~ok).astype(jnp.int32))
+        metrics = dict(loss=loss, mse=jnp.mean(aux["mse"]), vb=jnp.mean(aux["vb"]),
+                       grad_norm=grad_norm, lr=lr, skipped=(~ok).astype(jnp.float32))
+        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    return step
+
+
+def make_train_step(config, model: DiT, objective, mesh: Mesh,
+                    state_sharding: TrainState) -> Callable[[TrainState, dict], tuple]:
+    """jit(step) with the state sharded as `state_sharding`, the batch over ('data', 'fsdp'),
+    replicated metrics, and the input state donated."""
+    return jax.jit(make_step_fn(config, model, objective),
+                   in_shardings=(state_sharding, batch_sharding(mesh)),
+                   out_shardings=(state_sharding, replicated(mesh)),
+                   donate_argnums=0)
