@@ -20,4 +20,5 @@ test: $(VENV)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)
-	$(PY) bench/train_step.py --small
+	$(PY) bench/train_step.py --small --json runs/bench/train_small.json
+	$(PY) bench/sample.py --small --json runs/bench/sample_small.json

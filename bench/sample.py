@@ -1,0 +1,336 @@
+"""Sampling throughput: DDPM with batched classifier-free guidance, JAX against a PyTorch loop.
+
+    .venv/bin/python bench/sample.py --small --json runs/bench/sample_small.json   # CPU sizes
+    .venv/bin/python bench/sample.py --json runs/bench/sample.json                  # GPU suite
+
+JAX: the ancestral DDPM sampler of `dit3d_jax.diffusion` over a respaced chain (250 steps by
+default), CFG scale 4 on 2B rows per step (one model call). Two figures:
+  - `sample()` end to end, as a user calls it (one call; it jits its loop on every call, so this
+    includes the compilation);
+  - the steady state: the same loop (`guided_model` + `ddpm_loop` on `respace(steps)`, what
+    `sample()` runs) jitted once, compile time reported apart, then the median of --repeats runs.
+PyTorch: the same model (`bench/torch_models.py`), a Python loop over the same respaced chain:
+one forward on [cond; uncond] rows, guided ε, learned-range variance, ancestral noise; under
+inference_mode in fp32 and bf16 autocast (tf32 too on CUDA; + torch.compile with --compile).
+Model FLOPs per step = forward on 2B rows (bench/common.py). Each measurement runs in its own
+subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+SCRIPT = os.path.abspath(__file__)
+TEXT_DIM = 384
+CFG_SCALE = 4.0
+
+SUITE = [dict(model="DiT-XL/2", batch=8, frames=0, size=32, steps=250),
+         dict(model="DiT3D-S/2", batch=4, frames=16, size=32, steps=250)]
+SMALL_SUITE = [dict(model="DiT-S/2", batch=2, frames=0, size=32, steps=10),
+               dict(model="DiT3D-S/2", depth=2, batch=2, frames=4, size=16, steps=10)]
+
+
+def build_model(case: dict):
+    """The dit3d_jax module of a case, computing in the case's dtype."""
+    import jax.numpy as jnp
+    from dit3d_jax.models import get_model
+    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"],
+                  dtype=jnp.dtype(case["dtype"]))
+    if case.get("depth"):
+        kwargs["depth"] = case["depth"]
+    if case["frames"]:
+        kwargs.update(num_frames=case["frames"], text_dim=TEXT_DIM)
+    return get_model(case["model"], **kwargs)
+
+
+def case_label(case: dict) -> str:
+    from dit3d_jax.models import variant_name
+    shape = (f"{case['frames']}×" if case["frames"] else "") + f"{case['size']}²×4"
+    cond = f"text L={case['text_len']}" if case["frames"] else "class"
+    return (f"{variant_name(build_model(case))} {shape} b{case['batch']} (+{case['batch']} "
+            f"uncond), {case['steps']} steps, {cond}")
+
+
+def respaced(steps: int):
+    from dit3d_jax.diffusion import create_gaussian_diffusion
+    return create_gaussian_diffusion(1000, "linear", learn_sigma=True), str(steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
+
+def jax_worker(case: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from dit3d_jax.diffusion import sample
+    from dit3d_jax.diffusion.samplers import ddpm_loop, guided_model
+    from dit3d_jax.models import init_params
+
+    model = build_model(case)
+    params = init_params(model, jax.random.key(0))
+    b, s, c = case["batch"], model.input_size, model.in_channels
+    shape = (b, case["frames"], s, s, c) if case["frames"] else (b, s, s, c)
+    rng = np.random.default_rng(0)
+    if case["frames"]:
+        L = case["text_len"]
+        cond = {"text": jnp.asarray(rng.standard_normal((b, L, TEXT_DIM)), jnp.float32),
+                "text_mask": jnp.asarray(np.arange(L)[None] < rng.integers(1, L + 1, (b, 1)))}
+    else:
+        cond = {"y": jnp.asarray(rng.integers(0, model.num_classes, b), jnp.int32)}
+
+    def apply_fn(p, x, t, **kw):
+        return model.apply({"params": p}, x, t, **kw)
+
+    objective, spec = respaced(case["steps"])
+    t0 = time.perf_counter()
+    x = sample(apply_fn, params, shape, cond, jax.random.key(1), objective=objective,
+               sampler="ddpm", steps=case["steps"], cfg_scale=CFG_SCALE, progress=False)
+    jax.block_until_ready(x)
+    end_to_end = time.perf_counter() - t0
+
+    diffusion = objective.respace(spec)
+
+    @jax.jit
+    def run(params, cond, key):
+        fn = guided_model(apply_fn, params, cond, channels=c, cfg_scale=CFG_SCALE)
+        k_init, k_loop = jax.random.split(key)
+        return ddpm_loop(fn, diffusion, jax.random.normal(k_init, shape), k_loop)
+
+    t0 = time.perf_counter()
+    compiled = run.lower(params, cond, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - t0
+    timing = common.time_calls(lambda: compiled(params, cond, jax.random.key(1)),
+                               case["repeats"], case["warmup"], jax.block_until_ready)
+    out = compiled(params, cond, jax.random.key(1))
+    return {"framework": "jax", "precision": f"{case['dtype']} {case['attn_impl']}",
+            "dtype": case["dtype"], "timing": timing, "compile_s": compile_s,
+            "sample_call_s": end_to_end, "finite": bool(jnp.isfinite(out).all()),
+            "peak_bytes": common.device_peak_bytes(),
+            "flops": case["steps"] * common.dit_flops(model, 2 * b, case["text_len"])}
+
+
+def torch_worker(case: dict) -> dict:
+    import numpy as np
+    import torch
+    from torch_models import torch_model_like
+
+    mode = case["torch_mode"]
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = mode.startswith("tf32")
+    torch.backends.cudnn.allow_tf32 = mode.startswith("tf32")
+    torch.manual_seed(0)
+    jax_model = build_model({**case, "dtype": "float32"})
+    model = torch_model_like(jax_model).to(device).eval()
+    forward = torch.compile(model) if mode.endswith("+compile") else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    video = bool(case["frames"])
+    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
+    shape = (b, case["frames"], c, s, s) if video else (b, c, s, s)
+
+    # The respaced chain's numbers (float64 NumPy); the loop below does the math in torch.
+    objective, spec = respaced(case["steps"])
+    d = objective.respace(spec)
+    as_t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
+    recip, recipm1 = as_t(d.sqrt_recip_alphas_cumprod), as_t(d.sqrt_recipm1_alphas_cumprod)
+    coef1, coef2 = as_t(d.posterior_mean_coef1), as_t(d.posterior_mean_coef2)
+    min_log, max_log = as_t(d.posterior_log_variance_clipped), as_t(np.log(d.betas))
+    tmap = as_t(d.timestep_map)
+    n_steps = d.num_timesteps
+
+    y = torch.randint(0, jax_model.num_classes, (b,), device=device)
+    if video:
+        text = torch.randn(b, L, TEXT_DIM, device=device).repeat(2, 1, 1)
+        mask = (torch.arange(L, device=device)[None]
+                < torch.randint(1, L + 1, (b, 1), device=device)).repeat(2, 1)
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=device),
+                          torch.ones(b, dtype=torch.bool, device=device)])
+        y2 = torch.full((2 * b,), jax_model.num_classes, device=device)  # JAX passes no y
+    else:
+        y2 = torch.cat([y, torch.full_like(y, jax_model.num_classes)])
+
+    @torch.inference_mode()
+    def loop():
+        gen = torch.Generator(device=device).manual_seed(1)
+        x = torch.randn(shape, device=device, generator=gen)
+        ch = 2 if video else 1
+        for i in reversed(range(n_steps)):
+            t = tmap[i].expand(2 * b)
+            with autocast:
+                out = (forward(torch.cat([x, x]), t, y2, text, mask, drop) if video
+                       else forward(torch.cat([x, x]), t, y2)).float()
+            cond_out, uncond_out = out[:b], out[b:]
+            eps_c, v = cond_out.split(c, dim=ch)
+            eps = uncond_out.narrow(ch, 0, c) + CFG_SCALE * (eps_c - uncond_out.narrow(ch, 0, c))
+            frac = (v + 1) / 2
+            log_var = frac * max_log[i] + (1 - frac) * min_log[i]
+            x0 = recip[i] * x - recipm1[i] * eps
+            mean = coef1[i] * x0 + coef2[i] * x
+            x = mean + (torch.exp(0.5 * log_var) * torch.randn(x.shape, device=device,
+                                                             generator=gen) if i > 0 else 0)
+        return x
+
+    sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: out)
+    t0 = time.perf_counter()
+    sync(loop())  # first run: allocation and, with +compile, the compilation
+    first_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = common.time_calls(loop, case["repeats"], max(case["warmup"] - 1, 0), sync)
+    out = loop()
+    return {"framework": "torch", "precision": mode,
+            "dtype": "bfloat16" if "bf16" in mode else "float32", "timing": timing,
+            "compile_s": first_s if "compile" in mode else None,
+            "finite": bool(torch.isfinite(out).all()),
+            "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "flops": case["steps"] * common.dit_flops(jax_model, 2 * b, case["text_len"])}
+
+
+def peak_worker(case: dict) -> dict:
+    import jax
+    return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            **{dt: common.matmul_peak(dt, n=case.get("peak_n")) for dt in ("float32", "bfloat16")}}
+
+
+WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def resolve_cases(args, backend: str) -> list[dict]:
+    if args.model:
+        video = args.model.startswith("DiT3D")
+        frames = args.frames if args.frames is not None else ((4 if args.small else 16)
+                                                              if video else 0)
+        if video != (frames > 0):
+            raise ValueError(f"--frames: {args.model} expects "
+                             f"{'a positive frame count' if video else '0'}, got {frames}")
+        cases = [dict(model=args.model, frames=frames,
+                      batch=args.batch or (2 if args.small else (4 if video else 8)),
+                      size=args.size or (16 if args.small and video else 32),
+                      steps=args.sample_steps or (10 if args.small else 250),
+                      depth=args.depth or (2 if args.small and video else None))]
+    else:
+        cases = [dict(c) for c in (SMALL_SUITE if args.small else SUITE)]
+        for c in cases:
+            if args.sample_steps:
+                c["steps"] = args.sample_steps
+            if args.depth:
+                c["depth"] = args.depth
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    attn = args.attn_impl if args.attn_impl != "auto" else (
+        "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla")
+    for c in cases:
+        c.setdefault("depth", None)
+        c.update(dtype=dtype, attn_impl=attn, repeats=args.repeats, warmup=args.warmup,
+                 text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
+    return cases
+
+
+def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
+    if not args.torch:
+        return []
+    modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
+    if args.compile:
+        modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
+    return modes
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="one case: DiT-XL/2, DiT3D-S/2, ... (default: the suite)")
+    p.add_argument("--batch", type=int, help="samples (each guided: 2× rows per model call)")
+    p.add_argument("--frames", type=int, help="frames (DiT3D; 0 for an image DiT)")
+    p.add_argument("--size", type=int, help="latent height = width (32 for 256² images)")
+    p.add_argument("--depth", type=int, help="override the variant's depth")
+    p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
+    p.add_argument("--sample-steps", type=int, help="DDPM steps (default 250, --small 10)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"])
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; --small 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
+    p.add_argument("--small", action="store_true", help="tiny CPU sizes")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
+    p.add_argument("--json", help="write every result here")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        common.emit_result(WORKERS[args.worker](json.loads(args.case)))
+        return 0
+
+    args.repeats = args.repeats or (2 if args.small else 5)
+    info = common.machine()
+    peaks = common.run_worker(SCRIPT, ["--worker", "peak", "--case", json.dumps({})])
+    if "error" in peaks:
+        print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
+        return 1
+    on_gpu = peaks["backend"] == "gpu"
+    try:
+        cases = resolve_cases(args, peaks["backend"])
+    except ValueError as err:
+        p.error(str(err))
+    scale, unit = (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")
+    print(f"{info['cpu_model']} ({info['cpu_cores']} cores) · JAX {info['jax']} on "
+          f"{peaks['backend']} ({peaks['device']}) · torch {info['torch']}", flush=True)
+
+    results, rows = [], []
+    for case in cases:
+        label = case_label(case)
+        print(f"-- {label}: JAX …", flush=True)
+        runs = [common.run_worker(SCRIPT, ["--worker", "jax", "--case", json.dumps(case)])]
+        for mode in torch_modes(args, on_gpu, case["dtype"]):
+            print(f"-- {label}: PyTorch {mode} …", flush=True)
+            runs.append(common.run_worker(SCRIPT, ["--worker", "torch", "--case", json.dumps(
+                {**case, "torch_mode": mode})], env=None if on_gpu else common.TORCH_CPU_ENV))
+        jax_s = runs[0].get("timing", {}).get("median_s")
+        for run in runs:
+            run = {**run, "case": case, "label": label}
+            if "error" in run:
+                results.append(run)
+                rows.append([label, run.get("framework", "?"), "error: " + run["error"][:80]]
+                            + [""] * 8)
+                label = ""
+                continue
+            med = run["timing"]["median_s"]
+            peak = peaks.get(run["dtype"], {}).get("flops_per_s")
+            run.update(total_s=med, steps_per_s=case["steps"] / med,
+                       model_flops_per_s=run["flops"] / med,
+                       mfu=run["flops"] / med / peak if peak else None,
+                       jax_speedup=med / jax_s if jax_s and run["framework"] == "torch" else None)
+            results.append(run)
+            rows.append([label, run["framework"], run["precision"], f"{med:.2f}",
+                         f"{run['steps_per_s']:.2f}", f"{run['model_flops_per_s'] / scale:.2f}",
+                         common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
+                         common.fmt(run.get("compile_s"), ".1f"),
+                         common.fmt(run.get("sample_call_s"), ".2f"),
+                         common.fmt(run["jax_speedup"], ".2f") + ("×" if run["jax_speedup"]
+                                                                 else ""),
+                         "yes" if run["finite"] else "NO"])
+            label = ""
+    table = common.print_table(
+        ["case", "framework", "precision", "total s", "steps/s", f"model {unit}", "MFU",
+         "compile s", "sample() s", "JAX speedup", "finite"], rows,
+        title=f"DDPM sampling with batched CFG (scale {CFG_SCALE}); total = median of "
+              f"{args.repeats} runs after compiling; sample() s = one call of "
+              f"dit3d_jax.diffusion.sample, compilation included")
+    common.write_json(args.json, {"machine": info, "matmul_peak": peaks, "args": vars(args),
+                                  "results": results, "table": table})
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Train-step throughput: the full dit3d_jax train step against a PyTorch baseline.
+
+    .venv/bin/python bench/train_step.py --small --json runs/bench/train_small.json   # CPU sizes
+    .venv/bin/python bench/train_step.py --json runs/bench/train.json                  # GPU suite
+    .venv/bin/python bench/train_step.py --model DiT3D-S/2 --batch 32 --freeze backbone
+
+JAX side: `dit3d_jax.train.make_train_step` exactly as training runs it (hybrid DDPM loss, grads,
+freeze partition, AdamW, EMA, importance sampler, NaN guard), compiled once (compile time reported),
+then timed over --steps calls after --warmup, each synchronised with block_until_ready; the median
+is reported. Model FLOPs = 3 × forward (bench/common.py); MFU against a large matmul timed in JAX
+in the same run. Memory: device peak where the backend keeps statistics (GPU/TPU), else "n/a", plus
+XLA's static estimate of the compiled step.
+
+PyTorch side (same shapes, same layers, `bench/torch_models.py`): AdamW (lr 1e-4, wd 0) + EMA each
+step, ε-MSE loss on uniform timesteps (the VLB term is left out: elementwise work only), label and
+text dropout 0.1; modes fp32, tf32 (CUDA), bf16 autocast, and + torch.compile with --compile.
+Every measurement runs in its own subprocess (clean memory peaks; JAX and PyTorch never share a
+GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+SCRIPT = os.path.abspath(__file__)
+TEXT_DIM = 384  # MiniLM
+
+# The GPU suite (issue 6) and the CPU stand-in (--small): same families, tiny shapes.
+SUITE = ([dict(model="DiT-S/2", batch=256, frames=0, size=32, freeze="none")]
+         + [dict(model="DiT3D-S/2", batch=b, frames=16, size=32, freeze=f)
+            for b in (8, 16, 32) for f in ("none", "backbone")])
+SMALL_SUITE = [dict(model="DiT-S/2", depth=2, batch=4, frames=0, size=16, freeze="none"),
+               dict(model="DiT3D-S/2", depth=2, batch=2, frames=4, size=16, freeze="none"),
+               dict(model="DiT3D-S/2", depth=2, batch=2, frames=4, size=16, freeze="backbone")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared between the workers
+# ---------------------------------------------------------------------------------------------
+
+def build_model(case: dict):
+    """The dit3d_jax module of a case (attn_impl resolved)."""
+    from dit3d_jax.models import get_model
+    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"])
+    if case.get("depth"):
+        kwargs["depth"] = case["depth"]
+    if case["frames"]:
+        kwargs.update(num_frames=case["frames"], text_dim=TEXT_DIM)
+    return get_model(case["model"], **kwargs)
+
+
+def host_batch(model, batch: int, text_len: int, seed: int = 0) -> dict:
+    """A random host batch in the "Host batches" layout (channels last, captions of random
+    length ≥ 1)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    s, c = model.input_size, model.in_channels
+    out = {"label": rng.integers(0, model.num_classes, batch).astype(np.int32)}
+    if hasattr(model, "num_frames"):
+        shape = (batch, model.num_frames, s, s, c)
+        out["video"] = rng.uniform(-1, 1, shape).astype(np.float32)
+        out["text_emb"] = rng.standard_normal((batch, text_len, model.text_dim)).astype(np.float32)
+        lengths = rng.integers(1, text_len + 1, batch)
+        out["text_mask"] = np.arange(text_len)[None] < lengths[:, None]
+    else:
+        out["image"] = rng.uniform(-1, 1, (batch, s, s, c)).astype(np.float32)
+    return out
+
+
+def case_label(case: dict) -> str:
+    from dit3d_jax.models import variant_name
+    model = build_model(case)
+    shape = (f"{case['frames']}×" if case["frames"] else "") + f"{case['size']}²×4"
+    extra = f", text L={case['text_len']}, freeze {case['freeze']}" if case["frames"] else ""
+    return f"{variant_name(model)} {shape} b{case['batch']}{extra}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (each runs in its own process)
+# ---------------------------------------------------------------------------------------------
+
+def peak_worker(case: dict) -> dict:
+    import jax
+    out = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+           "device_count": jax.device_count()}
+    for dtype in ("float32", "bfloat16"):
+        out[dtype] = common.matmul_peak(dtype, n=case.get("peak_n"))
+    return out
+
+
+def jax_worker(case: dict) -> dict:
+    import jax
+    from dit3d_jax.diffusion.objective import make_objective
+    from dit3d_jax.train import (create_train_state, default_config, make_mesh,
+                                 make_train_step, shard_batch)
+    from dit3d_jax.train.step import compute_dtype
+
+    model = build_model(case)
+    config = default_config()
+    config.compute_dtype = case["dtype"]
+    config.optim.freeze = case["freeze"]
+    config.data.global_batch_size = case["batch"]
+    objective = make_objective(config.objective, model.learn_sigma)
+    mesh = make_mesh(config.mesh)
+    t0 = time.perf_counter()
+    state, sharding = create_train_state(config, model, objective, mesh, jax.random.key(0))
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    step = make_train_step(config, model, objective, mesh, sharding)
+    batch = shard_batch(mesh, host_batch(model, case["batch"], case["text_len"]))
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def call():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return holder["state"].step, metrics
+
+    timing = common.time_calls(call, case["steps"], case["warmup"], jax.block_until_ready)
+    _, metrics = call()
+    loss = float(metrics["loss"])
+    return {"framework": "jax", "precision": f"{jax.numpy.dtype(compute_dtype(case['dtype']))}"
+            f" {case['attn_impl']}", "dtype": str(jax.numpy.dtype(compute_dtype(case["dtype"]))),
+            "timing": timing, "compile_s": compile_s, "init_s": init_s, "loss": loss,
+            "peak_bytes": common.device_peak_bytes(),
+            "compiled_bytes": common.compiled_bytes(compiled),
+            "flops": common.train_flops(model, case["batch"], case["text_len"], case["freeze"])}
+
+
+def torch_worker(case: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch_models import torch_model_like
+
+    mode = case["torch_mode"]
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = mode.startswith("tf32")
+    torch.backends.cudnn.allow_tf32 = mode.startswith("tf32")
+    torch.manual_seed(0)
+    jax_model = build_model(case)
+    model = torch_model_like(jax_model).to(device)
+    video = hasattr(jax_model, "num_frames")
+    if case["freeze"] == "backbone":
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **({"fused": True} if cuda else {}))
+    forward = torch.compile(model) if mode.endswith("+compile") else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=mode.startswith("bf16"))
+
+    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
+    shape = (b, jax_model.num_frames, c, s, s) if video else (b, c, s, s)
+    x0 = torch.rand(shape, device=device) * 2 - 1
+    y = torch.randint(0, jax_model.num_classes, (b,), device=device)
+    text = torch.randn(b, L, TEXT_DIM, device=device) if video else None
+    mask = (torch.arange(L, device=device)[None] < torch.randint(1, L + 1, (b, 1),
+                                                                 device=device)) if video else None
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0).float().to(device)
+
+    def step():
+        t = torch.randint(0, 1000, (b,), device=device)
+        noise = torch.randn_like(x0)
+        a = abar[t].view(-1, *([1] * (x0.dim() - 1)))
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        drop = torch.rand(b, device=device) < 0.1
+        with autocast:
+            if video:
+                out = forward(xt, t.float(), y, text, mask, drop)
+            else:
+                out = forward(xt, t.float(), torch.where(drop, jax_model.num_classes, y))
+        eps = out[:, :, :c] if video else out[:, :c]
+        loss = F.mse_loss(eps.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1 - 0.9999)
+        return loss
+
+    sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: out)
+    t0 = time.perf_counter()
+    sync(step())  # first call: allocation, and the whole torch.compile
+    first_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = common.time_calls(step, case["steps"], max(case["warmup"] - 1, 0), sync)
+    loss = float(step())
+    return {"framework": "torch", "precision": mode, "dtype": "bfloat16" if "bf16" in mode
+            else "float32", "timing": timing, "compile_s": first_s if "compile" in mode else None,
+            "loss": loss, "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "threads": torch.get_num_threads(),
+            "flops": common.train_flops(jax_model, case["batch"], case["text_len"],
+                                        case["freeze"])}
+
+
+WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
+    if not args.torch:
+        return []
+    modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
+    if args.compile:
+        modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
+    return modes
+
+
+def resolve_cases(args, backend: str) -> list[dict]:
+    if args.model:
+        video = args.model.startswith("DiT3D")
+        frames = args.frames if args.frames is not None else ((4 if args.small else 16)
+                                                              if video else 0)
+        if video and frames < 1:
+            raise ValueError(f"--frames: {args.model} needs a positive frame count, got {frames}")
+        if not video and frames:
+            raise ValueError(f"--frames: {args.model} is an image model; expected 0, got {frames}")
+        default_batch = (2 if video else 4) if args.small else (8 if video else 256)
+        cases = [dict(model=args.model, batch=args.batch or default_batch, frames=frames,
+                      size=args.size or (16 if args.small else 32), freeze=args.freeze,
+                      depth=args.depth if args.depth else (2 if args.small else None))]
+    else:
+        cases = [dict(c) for c in (SMALL_SUITE if args.small else SUITE)]
+        if args.depth:
+            for c in cases:
+                c["depth"] = args.depth
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    attn = args.attn_impl if args.attn_impl != "auto" else (
+        "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla")
+    for c in cases:
+        c.setdefault("depth", None)
+        if not c["frames"] and c["freeze"] != "none":
+            raise ValueError(f"--freeze: an image DiT has no backbone/new split; expected 'none', "
+                             f"got {c['freeze']!r}")
+        c.update(dtype=dtype, attn_impl=attn, steps=args.steps, warmup=args.warmup,
+                 text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
+    return cases
+
+
+def summarise(case: dict, result: dict, peaks: dict, jax_ms: float | None) -> dict:
+    if "error" in result:
+        return {**result, "case": case}
+    med = result["timing"]["median_s"]
+    model_flops = result["flops"]["model"]
+    peak = peaks.get(result["dtype"], {}).get("flops_per_s")
+    return {**result, "case": case, "ms_per_step": 1e3 * med,
+            "samples_per_s": case["batch"] / med, "model_flops_per_s": model_flops / med,
+            "mfu": model_flops / med / peak if peak else None,
+            "executed_flops_per_s": result["flops"]["executed"] / med,
+            "jax_speedup": (1e3 * med / jax_ms) if jax_ms and result["framework"] == "torch"
+            else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="one case: DiT-S/2, DiT3D-S/2, ... (default: the suite)")
+    p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
+    p.add_argument("--frames", type=int, help="frames (DiT3D; 0 for the image DiT)")
+    p.add_argument("--size", type=int, help="latent height = width")
+    p.add_argument("--depth", type=int, help="override the variant's depth (--small: 2)")
+    p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
+    p.add_argument("--freeze", default="none", choices=["none", "backbone"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="JAX compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+    p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"],
+                   help="auto: cudnn on GPU in bf16, else xla")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
+    p.add_argument("--small", action="store_true", help="tiny CPU sizes (depth 2, 16×16 latents)")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the PyTorch baseline")
+    p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
+    p.add_argument("--json", help="write every result here")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        common.emit_result(WORKERS[args.worker](json.loads(args.case)))
+        return 0
+
+    args.steps = args.steps or (8 if args.small else 50)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.small else 10)
+    info = common.machine()
+    peaks = common.run_worker(SCRIPT, ["--worker", "peak", "--case", json.dumps({})])
+    if "error" in peaks:
+        print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
+        return 1
+    on_gpu = peaks["backend"] == "gpu"
+    try:
+        cases = resolve_cases(args, peaks["backend"])
+    except ValueError as err:
+        p.error(str(err))
+    print(f"{info['cpu_model']} ({info['cpu_cores']} cores) · JAX {info['jax']} on "
+          f"{peaks['backend']} ({peaks['device']}) · torch {info['torch']}", flush=True)
+    scale, unit = (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")
+    print("matmul peak (JAX): " + ", ".join(
+        f"{d} {peaks[d]['n']}³ {peaks[d]['flops_per_s'] / scale:.1f} {unit}"
+        for d in ("float32", "bfloat16")), flush=True)
+
+    results, rows = [], []
+    for case in cases:
+        label = case_label(case)
+        print(f"-- {label}: JAX …", flush=True)
+        jax_res = summarise(case, common.run_worker(SCRIPT, ["--worker", "jax", "--case",
+                                                             json.dumps(case)]), peaks, None)
+        runs = [jax_res]
+        jax_ms = jax_res.get("ms_per_step")
+        for mode in torch_modes(args, on_gpu, case["dtype"]):
+            print(f"-- {label}: PyTorch {mode} …", flush=True)
+            res = common.run_worker(SCRIPT, ["--worker", "torch", "--case",
+                                             json.dumps({**case, "torch_mode": mode})],
+                                    env=None if on_gpu else common.TORCH_CPU_ENV)
+            runs.append(summarise(case, res, peaks, jax_ms))
+        for run in runs:
+            results.append({**run, "label": label})
+            if "error" in run:
+                rows.append([label, run.get("framework", "?"), "", "error: " + run["error"][:80]]
+                            + [""] * 8)
+                continue
+            peak_mem = common.gib(run["peak_bytes"])
+            if run["framework"] == "jax" and run.get("compiled_bytes") is not None:
+                peak_mem += f" (XLA est. {common.gib(run['compiled_bytes'])})"
+            rows.append([label, run["framework"], run["precision"],
+                         f"{run['ms_per_step']:.1f}", f"{1e3 * run['timing']['min_s']:.1f}",
+                         f"{run['samples_per_s']:.1f}",
+                         f"{run['model_flops_per_s'] / scale:.2f}",
+                         common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
+                         peak_mem, common.fmt(run["compile_s"], ".1f"),
+                         common.fmt(run["jax_speedup"], ".2f", "—") + ("×" if run["jax_speedup"]
+                                                                       else "")])
+            label = ""
+    table = common.print_table(
+        ["case", "framework", "precision", "ms/step", "min ms", "samples/s", f"model {unit}", "MFU",
+         "peak memory", "compile s", "JAX speedup"], rows,
+        title=f"Train step (median of {args.steps} after {args.warmup} warm-up; model FLOPs = "
+              f"3 × forward; MFU vs the JAX matmul peak of the row's dtype)")
+    common.write_json(args.json, {"machine": info, "matmul_peak": peaks, "args": vars(args),
+                                  "results": results, "table": table})
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
