@@ -5,6 +5,7 @@ Shared by sample.py and bench/caption_accuracy.py; the samplers themselves live 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -21,6 +22,15 @@ def text_encoder_for(config: Optional[Any]):
     data = config.data if config is not None else None
     return get_text_encoder(data.text_encoder if data else "minilm",
                             max_length=data.text_max_length if data else 32)
+
+
+@functools.lru_cache(maxsize=8)
+def model_apply_fn(model: DiT):
+    """apply_fn(params, x, t, **cond) for `model`; one object per model, so the sampler's
+    compiled loop is reused across calls."""
+    def apply_fn(params, x, t, **cond):
+        return model.apply({"params": params}, x, t, **cond)
+    return apply_fn
 
 
 def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Sequence[str]] = None,
@@ -47,8 +57,6 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     batch = n * num
     shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
 
-    def apply_fn(p, x, t, **kw):
-        return model.apply({"params": p}, x, t, **kw)
-    x = sample(apply_fn, params, shape, cond, jax.random.key(seed), objective=objective,
+    x = sample(model_apply_fn(model), params, shape, cond, jax.random.key(seed), objective=objective,
                sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, progress=progress)
     return np.asarray(x)

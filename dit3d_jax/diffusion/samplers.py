@@ -8,6 +8,7 @@ force_drop=True), guided = uncond + s * (cond - uncond) on the eps / velocity ch
 """
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Callable, Mapping
 
@@ -161,26 +162,39 @@ def heun_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
 # --------------------------------------------------------------------------------------------
 
 class _Progress:
-    """A tqdm bar on stderr advanced from inside the jitted loop through jax.debug.callback."""
+    """A tqdm bar on stderr, advanced from inside the jitted loop through jax.debug.callback.
+
+    The compiled loop calls the module-level `_report_step`, which feeds the bar of the sample()
+    call in flight, so one compiled loop serves every call.
+    """
+    active: "_Progress | None" = None
 
     def __init__(self, total: int, desc: str):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=total, desc=desc, file=sys.stderr, mininterval=0.5,
                         dynamic_ncols=True)
         self.done = 0
+        _Progress.active = self
 
-    def _update(self, k):
+    def update(self, k):
         n = int(np.asarray(k)) + 1
         if n > self.done:  # callbacks may arrive out of order
             self.bar.update(n - self.done)
             self.done = n
 
-    def __call__(self, k):
-        jax.debug.callback(self._update, k)
-
     def close(self):
         jax.effects_barrier()
         self.bar.close()
+        _Progress.active = None
+
+
+def _report_step(k):
+    if _Progress.active is not None:
+        _Progress.active.update(k)
+
+
+def _on_step(k):
+    jax.debug.callback(_report_step, k)
 
 
 def _check_cond(cond, batch):
@@ -198,6 +212,42 @@ def _check_cond(cond, batch):
                              f"shape {value.shape}")
         out[key] = value
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, guidance_channels,
+                   clip_denoised, dtype, progress):
+    """-> (jitted run(params, cond, rng), number of steps); cached so repeated sample() calls
+    with the same apply_fn, objective and settings compile once."""
+    C = shape[-1]
+    on_step = _on_step if progress else _no_progress
+    if sampler in ("ddpm", "ddim"):
+        spec = f"ddim{steps}" if sampler == "ddim" else str(steps)
+        try:
+            diffusion = objective.respace(spec)
+        except ValueError as err:
+            raise ValueError(f"steps: cannot respace the {objective.num_timesteps}-step process "
+                             f"to {steps} steps for sampler {sampler!r} ({err})") from None
+        n_steps = diffusion.num_timesteps
+    else:
+        n_steps = steps
+
+    def run(params, cond, rng):
+        model = guided_model(apply_fn, params, cond, channels=C, cfg_scale=cfg_scale,
+                             guidance_channels=guidance_channels)
+        rng_init, rng_loop = jax.random.split(rng)
+        x = jax.random.normal(rng_init, shape, dtype)
+        if sampler == "ddpm":
+            return ddpm_loop(model, diffusion, x, rng_loop, clip_denoised=clip_denoised,
+                             on_step=on_step)
+        if sampler == "ddim":
+            return ddim_loop(model, diffusion, x, rng_loop, eta=eta,
+                             clip_denoised=clip_denoised, on_step=on_step)
+        if sampler == "euler":
+            return euler_loop(model, objective, x, n_steps, on_step=on_step)
+        return heun_loop(model, objective, x, n_steps, on_step=on_step)
+
+    return jax.jit(run), n_steps
 
 
 def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: str = "ddpm",
@@ -232,36 +282,9 @@ def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: 
     cond = _check_cond(cond, shape[0])
     cfg_scale = float(cfg_scale)
 
-    if sampler in ("ddpm", "ddim"):
-        spec = f"ddim{int(steps)}" if sampler == "ddim" else str(int(steps))
-        try:
-            diffusion = objective.respace(spec)
-        except ValueError as err:
-            raise ValueError(f"steps: cannot respace the {objective.num_timesteps}-step process "
-                             f"to {steps} steps for sampler {sampler!r} ({err})") from None
-        n_steps = diffusion.num_timesteps
-    else:
-        n_steps = int(steps)
-
+    run, n_steps = _compiled_loop(apply_fn, objective, shape, sampler, int(steps), cfg_scale,
+                                  float(eta), guidance_channels, clip_denoised, dtype, progress)
     bar = _Progress(n_steps, f"{sampler} x{shape[0]}") if progress else None
-    on_step = bar if bar is not None else _no_progress
-
-    @jax.jit
-    def run(params, cond, rng):
-        model = guided_model(apply_fn, params, cond, channels=C, cfg_scale=cfg_scale,
-                             guidance_channels=guidance_channels)
-        rng_init, rng_loop = jax.random.split(rng)
-        x = jax.random.normal(rng_init, shape, dtype)
-        if sampler == "ddpm":
-            return ddpm_loop(model, diffusion, x, rng_loop, clip_denoised=clip_denoised,
-                             on_step=on_step)
-        if sampler == "ddim":
-            return ddim_loop(model, diffusion, x, rng_loop, eta=eta,
-                             clip_denoised=clip_denoised, on_step=on_step)
-        if sampler == "euler":
-            return euler_loop(model, objective, x, n_steps, on_step=on_step)
-        return heun_loop(model, objective, x, n_steps, on_step=on_step)
-
     try:
         x = run(params, cond, rng)
         jax.block_until_ready(x)
