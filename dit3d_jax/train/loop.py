@@ -1,0 +1,423 @@
+"""The training loop around the pure step: `train_and_evaluate(config, workdir)`.
+
+    train_and_evaluate(config, workdir)     # trains to config.train.num_steps; rerun = resume
+
+Side effects live here and only here: the distributed runtime, the data iterator, checkpoints
+(orbax, asynchronous), metrics (workdir/metrics.jsonl, TensorBoard in workdir/tb), the progress
+bar and the SIGTERM handler. The step itself (`dit3d_jax.train.step`) stays pure.
+
+Data sources (config.data.name):
+    "random"         synthetic, deterministic (`RandomSource`): benchmarks and tests, no data wheels
+    "moving_shapes"  the captioned moving-shapes tfds dataset (config.data.config: "tiny"|"default")
+    "video_folder"   a folder of videos (config.data.path), clips of the model's frames and size
+    "latent_folder"  pre-extracted latents as .npy files (config.data.path), `LatentFolderSource`
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from dit3d_jax.diffusion.objective import make_objective
+from dit3d_jax.models import count_params, get_model, init_params, variant_name
+from dit3d_jax.models.dit import DiT
+from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.train.checkpoint import Checkpointer, abstract_train_state, save_run_spec
+from dit3d_jax.train.sharding import make_mesh, shard_batch
+from dit3d_jax.train.state import TrainState, create_train_state
+from dit3d_jax.train.step import METRICS, make_train_step
+from dit3d_jax.utils.logging import MetricsWriter, ProgressBar, quiet_library_logs
+
+DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latent_folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime: distributed initialisation, model, objective
+# ---------------------------------------------------------------------------------------------
+
+def _env_asks_for_distributed() -> bool:
+    """True under a multi-process launcher JAX can read (explicit coordinator, SLURM, Open MPI,
+    a multi-host TPU slice)."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if env.get(name, "1").isdigit() and int(env.get(name, "1")) > 1:
+            return True
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def maybe_initialize_distributed(config) -> None:
+    """jax.distributed.initialize() when config.distributed is set or the environment asks for
+    it (see `_env_asks_for_distributed`); nothing when it already ran. JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID, when set, are passed on explicitly."""
+    if jax.distributed.is_initialized():
+        return
+    if not (config.get("distributed", False) or _env_asks_for_distributed()):
+        return
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+        kwargs = dict(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    logging.info("Initialising the distributed runtime (jax.distributed.initialize)…")
+    jax.distributed.initialize(**kwargs)
+
+
+def model_from_config(config) -> DiT:
+    """The float32 model a config trains: get_model(model.name, **model.kwargs). (The step casts
+    activations to config.compute_dtype; params stay float32.)"""
+    return get_model(config.model.name, **config.model.kwargs.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def example_shape(model: DiT) -> tuple[str, tuple[int, ...]]:
+    """("video", (F, H, W, C)) for a DiT3D, ("image", (H, W, C)) for an image DiT."""
+    s, c = model.input_size, model.in_channels
+    if isinstance(model, DiT3D):
+        return "video", (model.num_frames, s, s, c)
+    return "image", (s, s, c)
+
+
+class RandomSource:
+    """Deterministic synthetic host batches (data.name = "random"), the "Host batches" API.
+
+    A pool of `pool_size` examples; example i comes from np.random.default_rng((seed, i)):
+    x standard normal of `shape` (under `key`), "label" uniform in [0, num_classes) (zeros when
+    num_classes = 0), and when text_shape = (L, D) is given "text_emb" normal (L, D) with
+    "text_mask" True on its first 1..L tokens. Global batch b takes the pool rows drawn by
+    default_rng((seed, 1, b)); process p of P holds rows [p·B/P, (p+1)·B/P) of it, so the global
+    batch does not depend on P. State: {"batch": b}, the next global batch.
+    """
+
+    def __init__(self, *, key: str, shape: tuple[int, ...], global_batch_size: int, seed: int,
+                 num_classes: int = 0, text_shape: Optional[tuple[int, int]] = None,
+                 process_index: int = 0, process_count: int = 1, pool_size: int = 64):
+        if global_batch_size < 1 or global_batch_size % process_count:
+            raise ValueError(f"data.global_batch_size: expected a positive multiple of the "
+                             f"process count {process_count}, got {global_batch_size}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index: expected an int in [0, {process_count}), got "
+                             f"{process_index}")
+        self.key, self.seed, self.pool_size = key, int(seed), int(pool_size)
+        self.global_batch_size = int(global_batch_size)
+        local = global_batch_size // process_count
+        self._rows = slice(process_index * local, (process_index + 1) * local)
+        pool = [self._example(i, shape, num_classes, text_shape) for i in range(pool_size)]
+        self._pool = {k: np.stack([ex[k] for ex in pool]) for k in pool[0]}
+        self._batch = 0
+
+    def _example(self, i, shape, num_classes, text_shape) -> dict:
+        rng = np.random.default_rng((self.seed, i))
+        ex = {self.key: rng.standard_normal(shape, dtype=np.float32),
+              "label": np.int32(rng.integers(num_classes) if num_classes > 0 else 0)}
+        if text_shape is not None:
+            length, dim = text_shape
+            ex["text_emb"] = rng.standard_normal((length, dim), dtype=np.float32)
+            ex["text_mask"] = np.arange(length) < rng.integers(1, length + 1)
+        return ex
+
+    def __iter__(self) -> "RandomSource":
+        return self
+
+    def __next__(self) -> dict:
+        rows = np.random.default_rng((self.seed, 1, self._batch)).integers(
+            self.pool_size, size=self.global_batch_size)[self._rows]
+        self._batch += 1
+        return {k: v[rows] for k, v in self._pool.items()}
+
+    def get_state(self) -> dict:
+        return {"batch": self._batch}
+
+    def set_state(self, state: dict) -> None:
+        self._batch = int(state["batch"])
+
+
+def make_data_iterator(config, model: DiT, *, process_index: int, process_count: int) -> Iterator:
+    """This process's iterator of host batches for config.data (see the module docstring);
+    it has get_state() / set_state(). The data stack is imported only for real datasets."""
+    data = config.data
+    if data.name not in DATA_SOURCES:
+        raise ValueError(f"data.name: expected one of {DATA_SOURCES}, got {data.name!r}")
+    key, shape = example_shape(model)
+    text_dim = getattr(model, "text_dim", 0)
+    if data.name == "random":
+        return RandomSource(key=key, shape=shape, global_batch_size=data.global_batch_size,
+                            seed=data.seed, num_classes=model.num_classes,
+                            text_shape=(data.text_max_length, text_dim) if text_dim else None,
+                            process_index=process_index, process_count=process_count)
+
+    from dit3d_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+    if not isinstance(model, DiT3D):
+        raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
+                         f"{config.model.name!r} is an image DiT; use data.name='random'")
+    encoder = None
+    if data.text_encoder:
+        from dit3d_jax.models.text import get_text_encoder  # pylint: disable=import-outside-toplevel
+        encoder = get_text_encoder(data.text_encoder, max_length=data.text_max_length)
+        if encoder.dim != text_dim:
+            raise ValueError(f"model.kwargs.text_dim: expected {encoder.dim} (the dimension of "
+                             f"data.text_encoder={data.text_encoder!r}), got {text_dim}")
+    elif text_dim:
+        logging.warning("data.text_encoder is empty but the model has text_dim=%d: it will only "
+                        "ever see the null caption", text_dim)
+
+    if data.name == "latent_folder":
+        source = data_lib.LatentFolderSource(data.path)
+    else:
+        kwargs = (dict(config=data.config) if data.name == "moving_shapes" else
+                  dict(folder=data.path, frames=shape[0], size=shape[1]))
+        # Process 0 builds the tfds dataset; the others wait, then read it.
+        if process_index == 0:
+            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
+        if process_count > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            multihost_utils.sync_global_devices("dataset prepared")
+        if process_index != 0:
+            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
+    return data_lib.make_iterator(
+        source, split="train", global_batch_size=data.global_batch_size, seed=data.seed,
+        process_index=process_index, process_count=process_count,
+        worker_count=data.worker_count, augment=data.augment, text_encoder=encoder)
+
+
+def check_batch(batch: dict, model: DiT, config) -> None:
+    """Raises ValueError when a host batch does not fit the model (first batch only)."""
+    key, shape = example_shape(model)
+    local = config.data.global_batch_size // jax.process_count()
+    want = (local, *shape)
+    got = getattr(batch.get(key), "shape", None)
+    if got != want:
+        raise ValueError(f"data: expected batch[{key!r}] of shape {want} for "
+                         f"{variant_name(model)} (model.kwargs) and data.global_batch_size, got "
+                         f"{got} from data.name={config.data.name!r}; make them agree")
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial state: the resume order
+# ---------------------------------------------------------------------------------------------
+
+def params_from_export(directory: str, model: DiT, rng: jax.Array) -> Any:
+    """Params for `model` from a convert_torch_weights.py output (DIR/model.json + DIR/params).
+
+    Same family: the params must match the model's paths and shapes. An image DiT into a DiT3D:
+    inflated (`dit3d_jax.convert.inflate`), the video-only layers keep a fresh init from `rng`.
+    """
+    from dit3d_jax.convert import inflate  # pylint: disable=import-outside-toplevel
+    from dit3d_jax.models.export import load_exported  # pylint: disable=import-outside-toplevel
+    source, params = load_exported(directory)
+    fresh = init_params(model, rng)
+    try:
+        out = inflate(params, fresh)
+    except ValueError as err:
+        raise ValueError(f"init_from: {directory} holds {variant_name(source)} params that do "
+                         f"not fit {variant_name(model)}: {err}") from None
+    n_src = len(jax.tree_util.tree_leaves(params))
+    n_dst = len(jax.tree_util.tree_leaves(fresh))
+    if type(source) is type(model) and n_src != n_dst:
+        raise ValueError(f"init_from: {directory} holds {n_src} param arrays, "
+                         f"{variant_name(model)} has {n_dst}; expected the same tree")
+    logging.info("Initialising from %s: %s -> %s, %d of %d param arrays copied%s.", directory,
+                 variant_name(source), variant_name(model), n_src, n_dst,
+                 " (the rest: fresh video/text layers)" if n_src < n_dst else "")
+    return out
+
+
+def initial_state(config, workdir: str, model: DiT, objective, mesh,
+                  ckpt: Checkpointer) -> tuple[TrainState, TrainState, Any]:
+    """(state, state_sharding, data_state or None), by the resume order of train_and_evaluate."""
+    rng = jax.random.key(config.seed)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        logging.info("Restoring from %s/%d…", ckpt.directory, latest)
+        abstract, sharding = abstract_train_state(config, model, objective, mesh)
+        state, data_state = ckpt.restore(abstract, latest)
+        return state, sharding, data_state
+    if config.init_from:
+        params = params_from_export(config.init_from, model, jax.random.fold_in(rng, 1))
+        logging.info("Transferring the initial train state to devices…")
+        state, sharding = create_train_state(config, model, objective, mesh, rng, params=params)
+        return state, sharding, None
+    logging.info("No checkpoint in %s and no init_from: initialising from scratch (seed %d)…",
+                 workdir, config.seed)
+    state, sharding = create_train_state(config, model, objective, mesh, rng)
+    return state, sharding, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption
+# ---------------------------------------------------------------------------------------------
+
+class StopRequest:
+    """Sets `requested` on SIGTERM (a preemption notice); the loop then saves and returns.
+
+    With several processes the flag is agreed on at log steps (any process asked -> all stop at
+    the same step). Use as a context manager; the previous handler comes back on exit.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self, sync: bool) -> bool:
+        """This process's flag, or (sync=True, several processes) whether any process has it."""
+        if sync and jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            flags = multihost_utils.process_allgather(np.int32(self.requested))
+            return bool(np.any(flags))
+        return self.requested if jax.process_count() == 1 else False
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def summarize(steps: list[int], metrics: list[dict]) -> dict:
+    """One record for a logging window: means over the steps that were applied (loss, mse, vb,
+    grad_norm), the last lr, and how many steps the NaN guard skipped."""
+    applied = [m for m in metrics if not m["skipped"]]
+    record = {k: (float(np.mean([m[k] for m in applied])) if applied else float("nan"))
+              for k in METRICS if k not in ("lr", "skipped")}
+    record["lr"] = float(metrics[-1]["lr"])
+    record["skipped"] = int(sum(m["skipped"] > 0 for m in metrics))
+    for step, m in zip(steps, metrics):
+        if m["skipped"]:
+            logging.warning("Step %d skipped: non-finite loss or gradient norm (loss=%s, "
+                            "grad_norm=%s); params, EMA and optimizer state kept.", step,
+                            m["loss"], m["grad_norm"])
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# train_and_evaluate
+# ---------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+    """Trains `config` to config.train.num_steps in `workdir`; returns the final TrainState.
+
+    Resume order (the first that applies):
+      1. the latest checkpoint in workdir/checkpoints: TrainState (params, EMA, optimizer,
+         importance sampler, rng, step) and the data iterator position, onto the current mesh;
+      2. else config.init_from: a convert_torch_weights.py output (image DiT params are inflated
+         into a DiT3D; its video and text layers start fresh);
+      3. else a fresh init from config.seed.
+    Checkpoints: every train.checkpoint_every steps, at the end, and when SIGTERM arrives (then
+    the loop saves and returns early). Logs every train.log_every steps to workdir/metrics.jsonl,
+    TensorBoard (workdir/tb) and a progress bar (process 0).
+    """
+    quiet_library_logs()
+    maybe_initialize_distributed(config)
+    workdir = os.path.abspath(workdir)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    main = process_index == 0
+    num_steps, log_every = int(config.train.num_steps), int(config.train.log_every)
+    checkpoint_every = int(config.train.checkpoint_every)
+    for name, value, low in (("num_steps", num_steps, 0), ("log_every", log_every, 1),
+                             ("checkpoint_every", checkpoint_every, 1)):
+        if value < low:
+            raise ValueError(f"train.{name}: expected an int >= {low}, got {value}")
+    logging.info("Process %d of %d, %d local / %d global devices (%s).", process_index,
+                 process_count, jax.local_device_count(), jax.device_count(),
+                 jax.default_backend())
+
+    model = model_from_config(config)
+    objective = make_objective(config.objective, model.learn_sigma)
+    if main:
+        logging.info("Writing the resolved config and model spec to %s…", workdir)
+        save_run_spec(workdir, config, model)
+
+    logging.info("Creating device mesh…")
+    mesh = make_mesh(config.mesh)
+    logging.info("Mesh %s.", dict(mesh.shape))
+
+    logging.info("Creating the data iterator (%s)…", config.data.name)
+    data_iter = make_data_iterator(config, model, process_index=process_index,
+                                   process_count=process_count)
+
+    ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    state, state_sharding, data_state = initial_state(config, workdir, model, objective, mesh,
+                                                      ckpt)
+    if data_state is not None:
+        data_iter.set_state(data_state)
+    step = int(jax.device_get(state.step))
+    logging.info("%s, %.2fM params; starting at step %d of %d.", variant_name(model),
+                 count_params(state.params) / 1e6, step, num_steps)
+
+    logging.info("Compiling the train step…")
+    train_step = make_train_step(config, model, objective, mesh, state_sharding)
+    writer = MetricsWriter(workdir, start_step=step, enabled=main)
+    if main and step == 0:
+        writer.write_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+    bar = ProgressBar(num_steps, step, enabled=main)
+    window_steps, window_metrics = [], []
+    t_window, first, checked = time.perf_counter(), True, False
+    stopped = False
+
+    def save(at: int) -> None:
+        if ckpt.save(at, state, data_iter.get_state()):
+            logging.info("Saving a checkpoint at step %d (in the background)…", at)
+
+    try:
+        with StopRequest() as stop:
+            while step < num_steps:
+                batch = next(data_iter)
+                if not checked:
+                    check_batch(batch, model, config)
+                    checked = True
+                state, metrics = train_step(state, shard_batch(mesh, batch))
+                step += 1
+                window_steps.append(step)
+                window_metrics.append(metrics)
+                bar.update(step)
+                log_now = step % log_every == 0 or step == num_steps
+                if log_now:
+                    host = jax.device_get(window_metrics)
+                    record = summarize(window_steps, host)
+                    elapsed = time.perf_counter() - t_window
+                    record["steps_per_sec"] = len(window_steps) / max(elapsed, 1e-9)
+                    writer.write(step, record)
+                    bar.update(step, loss=record["loss"])
+                    if first:
+                        logging.info("First log at step %d (loss %.4f): %.1f s including "
+                                     "compilation.", step, record["loss"], elapsed)
+                    window_steps, window_metrics = [], []
+                    t_window, first = time.perf_counter(), False
+                stopped = stop.agreed(sync=log_now)
+                if step % checkpoint_every == 0 or step == num_steps or stopped:
+                    save(step)
+                if stopped:
+                    bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
+                    logging.warning("Stopping at step %d on SIGTERM (checkpoint saved).", step)
+                    break
+            if not stopped:  # a no-op when this step is saved already
+                save(step)
+            logging.info("Waiting for checkpoints to be written…")
+            ckpt.wait_until_finished()
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    logging.info("Done at step %d; checkpoints in %s.", step, ckpt.directory)
+    return state

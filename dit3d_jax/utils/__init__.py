@@ -1,0 +1,1 @@
+"""Utilities: sample files (`video`), metrics and progress (`logging`)."""

@@ -1,0 +1,144 @@
+"""Training metrics on disk and on the terminal.
+
+    writer = MetricsWriter(workdir, start_step=restored_step)   # process 0 only writes
+    writer.write(step, {"loss": 0.12, "lr": 1e-4})   # -> workdir/metrics.jsonl + workdir/tb events
+    bar = ProgressBar(total=num_steps, initial=restored_step)
+    bar.update(step, loss=0.12)                      # step, loss, steps/s and ETA on one line
+
+metrics.jsonl holds one JSON object a line, {"step": int, name: float, ...}, in step order. A run
+that resumes from step s first drops the lines with step > s (written by a run that died after its
+last checkpoint), so the file always reads as one run. TensorBoard events go to workdir/tb.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import Mapping, Sequence
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+class _LibraryFilter(logging.Filter):
+    """Drops records below WARNING whose source file lies in one of the named packages."""
+
+    def __init__(self, packages: Sequence[str]):
+        super().__init__()
+        self.parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(
+            part in record.pathname for part in self.parts)
+
+
+def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
+    """Hides the INFO chatter of `packages` (orbax logs every save in detail) from the absl log
+    handler, so the trainer's own narration stays readable. Warnings still show."""
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _LibraryFilter) for f in handler.filters):
+        handler.addFilter(_LibraryFilter(packages))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of workdir/metrics.jsonl (an empty list when there is none)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _number(value) -> float | int | None:
+    """A JSON-able scalar: ints stay ints, NaN/inf become None (JSON has no NaN)."""
+    if isinstance(value, (bool, int)):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class MetricsWriter:
+    """Scalars per step to workdir/metrics.jsonl and TensorBoard (workdir/tb).
+
+    workdir: the run directory. start_step: the step the run starts from; records after it are
+    dropped from metrics.jsonl. enabled: False makes every call a no-op (processes other than 0).
+    """
+
+    def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, METRICS_FILE)
+        kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= start_step]
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(path + ".tmp", path)
+        self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+        self._tb = SummaryWriter(os.path.join(workdir, TB_DIR))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One record: {"step": step, **scalars}; flushed at once (a killed run keeps it)."""
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        record.update({k: _number(v) for k, v in scalars.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, float(value), int(step))
+        self._tb.flush()
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text entry in TensorBoard (e.g. the resolved config)."""
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class ProgressBar:
+    """A tqdm bar over training steps: step/total, steps/s, ETA and the last logged loss.
+
+    total: the last step; initial: the step the run starts from. enabled: False shows nothing.
+    """
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                             file=sys.stderr, desc="train", smoothing=0.1)
+        self._step = initial
+
+    def update(self, step: int, **postfix: float) -> None:
+        """Moves the bar to `step`; postfix values (e.g. loss=...) are shown next to it."""
+        if self._bar is None:
+            return
+        if step > self._step:
+            self._bar.update(step - self._step)
+            self._step = step
+        if postfix:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, line: str) -> None:
+        """Prints a line above the bar (or to stderr when there is no bar)."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
