@@ -219,6 +219,15 @@ def matmul_peak(dtype: str = "float32", n: Optional[int] = None, reps: int = 10)
 # Memory, machine, output
 # ---------------------------------------------------------------------------------------------
 
+def torch_setup(mode: str):
+    """Seeds torch, sets TF32 for a "tf32…" mode; -> the device (CUDA when present, else CPU)."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = mode.startswith("tf32")
+    torch.backends.cudnn.allow_tf32 = mode.startswith("tf32")
+    torch.manual_seed(0)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def device_peak_bytes() -> Optional[int]:
     """Peak bytes in use on device 0 since process start (None where the backend has no stats,
     e.g. CPU)."""

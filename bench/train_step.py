@@ -141,11 +141,8 @@ def torch_worker(case: dict) -> dict:
     from torch_models import torch_model_like
 
     mode = case["torch_mode"]
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = mode.startswith("tf32")
-    torch.backends.cudnn.allow_tf32 = mode.startswith("tf32")
-    torch.manual_seed(0)
+    device = common.torch_setup(mode)
+    cuda = device.type == "cuda"
     jax_model = build_model(case)
     model = torch_model_like(jax_model).to(device)
     video = hasattr(jax_model, "num_frames")
