@@ -38,7 +38,8 @@ def parse_args(argv):
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
     p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--scale", type=int, default=4, help="integer upscaling of the written grid")
+    p.add_argument("--scale", type=int, default=None,
+                   help="integer upscaling of the written grid (default: tiles ≥ 128 px wide)")
     return p.parse_args(argv)
 
 
@@ -126,17 +127,18 @@ def main(argv=None) -> int:
                  sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=args.seed, eta=args.eta,
                  encoder=text_encoder_for(config) if prompts else None)
     video = x.ndim == 5
+    scale = args.scale or max(1, 128 // x.shape[-2])
     x = x[..., :3]  # latents without a decoder: show the first three channels
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     written = []
     if video:
-        grid = make_grid(x, captions=names, scale=args.scale)
+        grid = make_grid(x, captions=names, scale=scale)
         written += [write_video(base + ".gif", grid, args.fps),
                     write_video(base + ".mp4", grid, args.fps)]
-        frames = make_grid(x.reshape(-1, 1, *x.shape[2:]), ncols=x.shape[1], scale=args.scale)
+        frames = make_grid(x.reshape(-1, 1, *x.shape[2:]), ncols=x.shape[1], scale=scale)
         written.append(write_image(base + ".png", frames[0]))
     else:
-        written.append(write_image(base + ".png", make_grid(x, captions=names, scale=args.scale)))
+        written.append(write_image(base + ".png", make_grid(x, captions=names, scale=scale)))
     for path in written:
         print(f"wrote {os.path.abspath(path)}")
     return 0

@@ -22,6 +22,8 @@ def test_grid_places_each_video_in_its_tile():
     captioned = make_grid(videos, ncols=3, captions=["a", "b", "c"], scale=2)
     assert captioned.shape[1:] == (2 + 12 + 8 + 2, 3 * (10 + 2) + 2, 3)
     assert captioned[:, 2:14].max() > 0  # caption strip has text pixels
+    long = make_grid(videos, ncols=3, captions=["a red circle moving up-left", "b", "c"])
+    assert long.shape[1] > captioned.shape[1] - 8 + 12  # the long caption wraps onto more lines
     with pytest.raises(ValueError, match="captions: expected 3"):
         make_grid(videos, captions=["a"])
 
