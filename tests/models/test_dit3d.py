@@ -131,3 +131,18 @@ def test_dit3d_bad_inputs_raise_one_clear_error(models):
         args = {**dict(x=x, t=t, y=y, text=text, text_mask=mask), **change}
         with pytest.raises(ValueError, match=message):
             video.apply({"params": params}, args.pop("x"), args.pop("t"), **args)
+
+
+def test_bf16_compute_tracks_float32_and_returns_float32(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    x, t, y, text, mask = _inputs(3)
+    ref = np.asarray(video.apply({"params": params}, x, t, y, text=text, text_mask=mask))
+    low = video.clone(dtype=jnp.bfloat16).apply({"params": params}, x, t, y, text=text,
+                                                text_mask=mask)
+    assert low.dtype == jnp.float32  # params stay float32, the output is cast back
+    err = np.linalg.norm(np.asarray(low) - ref) / np.linalg.norm(ref)
+    assert err < 3e-2  # bf16 has an 8-bit mantissa; a dtype bug gives O(1) error
+    grads = jax.grad(lambda p: jnp.mean(video.clone(dtype=jnp.bfloat16).apply(
+        {"params": p}, x, t, y, text=text, text_mask=mask) ** 2))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
