@@ -69,6 +69,15 @@ def _no_progress(k):
     del k
 
 
+def _reverse_step(model, diffusion, x, k, rng, clip_denoised):
+    """Loop step k of a reverse chain: (index N-1-k, t (B,), p_mean_variance dict, noise z)."""
+    i = diffusion.num_timesteps - 1 - k
+    t = jnp.full((x.shape[0],), i, jnp.int32)
+    out = diffusion.p_mean_variance(model(x, diffusion.model_timesteps(t, x.dtype)), x, t,
+                                    clip_denoised=clip_denoised)
+    return i, t, out, jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
+
+
 def ddpm_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *,
               clip_denoised: bool = False, on_step: StepFn = _no_progress):
     """Ancestral sampling through every step of `diffusion` (respace it first for fewer steps).
@@ -77,14 +86,9 @@ def ddpm_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *,
     fold_in(rng, k); no noise is added at index 0. Returns x_0 (B, ..., C).
     """
     N = diffusion.num_timesteps
-    B = x_T.shape[0]
 
     def body(k, x):
-        i = N - 1 - k
-        t = jnp.full((B,), i, jnp.int32)
-        out = diffusion.p_mean_variance(model(x, diffusion.model_timesteps(t, x.dtype)), x, t,
-                                        clip_denoised=clip_denoised)
-        noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
+        i, t, out, noise = _reverse_step(model, diffusion, x, k, rng, clip_denoised)
         keep = (i > 0).astype(x.dtype)
         on_step(k)
         return out["mean"] + keep * jnp.exp(0.5 * out["log_variance"]) * noise
@@ -101,13 +105,9 @@ def ddim_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *, eta: fl
     fold_in(rng, k) at step k; no noise at index 0. Returns x_0 (B, ..., C).
     """
     N = diffusion.num_timesteps
-    B = x_T.shape[0]
 
     def body(k, x):
-        i = N - 1 - k
-        t = jnp.full((B,), i, jnp.int32)
-        out = diffusion.p_mean_variance(model(x, diffusion.model_timesteps(t, x.dtype)), x, t,
-                                        clip_denoised=clip_denoised)
+        i, t, out, noise = _reverse_step(model, diffusion, x, k, rng, clip_denoised)
         eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
         abar = diffusion._extract(diffusion.alphas_cumprod, t, x)
         abar_prev = diffusion._extract(diffusion.alphas_cumprod_prev, t, x)
@@ -115,7 +115,6 @@ def ddim_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *, eta: fl
                  * jnp.sqrt(1.0 - abar / abar_prev))
         mean = (out["pred_xstart"] * jnp.sqrt(abar_prev)
                 + jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma ** 2, 0.0)) * eps)
-        noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
         keep = (i > 0).astype(x.dtype)
         on_step(k)
         return mean + keep * sigma * noise
