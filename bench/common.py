@@ -8,6 +8,7 @@ a step really executes, which is less when the backbone is frozen (no weight gra
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -326,3 +327,42 @@ def run_worker(script: str, args: Sequence[str], timeout: Optional[float] = None
             return json.loads(line[len(RESULT_MARK):])
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     return {"error": f"exit {proc.returncode}: " + " / ".join(tail)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line both benches share
+# ---------------------------------------------------------------------------------------------
+
+def bench_parser(doc: str, workers: Iterable[str]):
+    """argparse parser with the flags both benches take (model case, precision, PyTorch, JSON,
+    and the hidden --worker/--case of the per-case subprocesses); callers add their own."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="one case: DiT-S/2, DiT3D-S/2, DiT-XL/2, ... (default: the suite)")
+    p.add_argument("--frames", type=int, help="frames (DiT3D; 0 for an image DiT)")
+    p.add_argument("--size", type=int, help="latent height = width (32 for 256² images)")
+    p.add_argument("--depth", type=int, help="override the variant's depth (--small: 2)")
+    p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="JAX compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+    p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"],
+                   help="auto: cudnn on GPU in bf16, else xla")
+    p.add_argument("--small", action="store_true", help="tiny CPU sizes")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the PyTorch baseline")
+    p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
+    p.add_argument("--json", help="write every result here")
+    p.add_argument("--worker", choices=sorted(workers), help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    return p
+
+
+def probe_machine(script: str) -> Optional[tuple[dict, dict]]:
+    """(machine info, matmul peaks from a worker subprocess of `script`), or None after printing
+    why the peak probe failed."""
+    info = machine()
+    peaks = run_worker(script, ["--worker", "peak", "--case", json.dumps({})])
+    if "error" in peaks:
+        print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
+        return None
+    return info, peaks

@@ -17,7 +17,6 @@ subprocess.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -244,25 +243,11 @@ def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="one case: DiT-XL/2, DiT3D-S/2, ... (default: the suite)")
+    p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="samples (each guided: 2× rows per model call)")
-    p.add_argument("--frames", type=int, help="frames (DiT3D; 0 for an image DiT)")
-    p.add_argument("--size", type=int, help="latent height = width (32 for 256² images)")
-    p.add_argument("--depth", type=int, help="override the variant's depth")
-    p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
     p.add_argument("--sample-steps", type=int, help="DDPM steps (default 250, --small 10)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; --small 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
-    p.add_argument("--small", action="store_true", help="tiny CPU sizes")
-    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
-    p.add_argument("--json", help="write every result here")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
@@ -270,11 +255,10 @@ def main(argv=None) -> int:
         return 0
 
     args.repeats = args.repeats or (2 if args.small else 5)
-    info = common.machine()
-    peaks = common.run_worker(SCRIPT, ["--worker", "peak", "--case", json.dumps({})])
-    if "error" in peaks:
-        print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
+    probed = common.probe_machine(SCRIPT)
+    if probed is None:
         return 1
+    info, peaks = probed
     on_gpu = peaks["backend"] == "gpu"
     try:
         cases = resolve_cases(args, peaks["backend"])

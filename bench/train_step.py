@@ -19,7 +19,6 @@ GPU).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -264,28 +263,11 @@ def summarise(case: dict, result: dict, peaks: dict, jax_ms: float | None) -> di
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="one case: DiT-S/2, DiT3D-S/2, ... (default: the suite)")
+    p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
-    p.add_argument("--frames", type=int, help="frames (DiT3D; 0 for the image DiT)")
-    p.add_argument("--size", type=int, help="latent height = width")
-    p.add_argument("--depth", type=int, help="override the variant's depth (--small: 2)")
-    p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
     p.add_argument("--freeze", default="none", choices=["none", "backbone"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="JAX compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
-    p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"],
-                   help="auto: cudnn on GPU in bf16, else xla")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
-    p.add_argument("--small", action="store_true", help="tiny CPU sizes (depth 2, 16×16 latents)")
-    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the PyTorch baseline")
-    p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
-    p.add_argument("--json", help="write every result here")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
@@ -294,11 +276,10 @@ def main(argv=None) -> int:
 
     args.steps = args.steps or (8 if args.small else 50)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.small else 10)
-    info = common.machine()
-    peaks = common.run_worker(SCRIPT, ["--worker", "peak", "--case", json.dumps({})])
-    if "error" in peaks:
-        print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
+    probed = common.probe_machine(SCRIPT)
+    if probed is None:
         return 1
+    info, peaks = probed
     on_gpu = peaks["backend"] == "gpu"
     try:
         cases = resolve_cases(args, peaks["backend"])
