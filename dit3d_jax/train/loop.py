@@ -29,6 +29,7 @@ from dit3d_jax.models import count_params, get_model, init_params, variant_name
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
 from dit3d_jax.train.checkpoint import Checkpointer, abstract_train_state, save_run_spec
+from dit3d_jax.train.optim import TRAINABLE, freeze_labels
 from dit3d_jax.train.sharding import make_mesh, shard_batch
 from dit3d_jax.train.state import TrainState, create_train_state
 from dit3d_jax.train.step import METRICS, make_train_step
@@ -362,8 +363,13 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     if data_state is not None:
         data_iter.set_state(data_state)
     step = int(jax.device_get(state.step))
-    logging.info("%s, %.2fM params; starting at step %d of %d.", variant_name(model),
-                 count_params(state.params) / 1e6, step, num_steps)
+    labels = freeze_labels(model, config.optim.freeze)
+    trainable = sum(int(np.prod(p.shape)) for p, label in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(labels))
+        if label == TRAINABLE)
+    logging.info("%s: %s params, %s trainable (freeze=%r); starting at step %d of %d.",
+                 variant_name(model), f"{count_params(state.params):,}", f"{trainable:,}",
+                 config.optim.freeze, step, num_steps)
 
     logging.info("Compiling the train step…")
     train_step = make_train_step(config, model, objective, mesh, state_sharding)
