@@ -46,7 +46,8 @@ SMALL_SUITE = [dict(model="DiT-S/2", depth=2, batch=4, frames=0, size=16, freeze
 def build_model(case: dict):
     """The dit3d_jax module of a case (attn_impl resolved)."""
     from dit3d_jax.models import get_model
-    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"])
+    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"],
+                  scan_blocks=case.get("scan", False), remat=case.get("remat", "none"))
     if case.get("depth"):
         kwargs["depth"] = case["depth"]
     if case["frames"]:
@@ -77,6 +78,8 @@ def case_label(case: dict) -> str:
     model = build_model(case)
     shape = (f"{case['frames']}×" if case["frames"] else "") + f"{case['size']}²×4"
     extra = f", text L={case['text_len']}, freeze {case['freeze']}" if case["frames"] else ""
+    extra += (", scan" if case.get("scan") else "") + (
+        f", remat {case['remat']}" if case.get("remat", "none") != "none" else "")
     return f"{variant_name(model)} {shape} b{case['batch']}{extra}"
 
 
@@ -244,6 +247,7 @@ def resolve_cases(args, backend: str) -> list[dict]:
             raise ValueError(f"--freeze: an image DiT has no backbone/new split; expected 'none', "
                              f"got {c['freeze']!r}")
         c.update(dtype=dtype, attn_impl=attn, steps=args.steps, warmup=args.warmup,
+                 scan=args.scan, remat=args.remat,
                  text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
     return cases
 
@@ -266,6 +270,8 @@ def main(argv=None) -> int:
     p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
     p.add_argument("--freeze", default="none", choices=["none", "backbone"])
+    p.add_argument("--scan", action="store_true", help="nn.scan over the blocks (scan_blocks)")
+    p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 The key map is a renaming (`blocks.3.mlp.fc1.weight` -> blocks_3/mlp/fc1/kernel,
 `adaLN_modulation.1` -> adaLN_modulation_1, `t_embedder.mlp.0` -> t_embedder/mlp_0) plus layout
 changes: Linear weights (out, in) -> kernels (in, out); the patch Conv2d (D, C, p, p) -> (p, p, C, D);
-the label table -> `embedding`. DiT's frozen `pos_embed` is not a Flax parameter (the model computes
+the label table -> `embedding`; a model with `scan_blocks` gets the blocks stacked. DiT's frozen `pos_embed` is not a Flax parameter (the model computes
 it); the converter checks the stored one equals it. Every unknown, missing or mis-shaped key is an
 error that lists all of them.
 """
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from dit3d_jax.models import DiT, get_model, init_boxed
-from dit3d_jax.models.dit import SIZES
+from dit3d_jax.models.dit import SIZES, stack_blocks
 from dit3d_jax.models.layers import sincos_2d
 
 _INDEXED = re.compile(r"(blocks|mlp|adaLN_modulation)\.(\d+)")
@@ -108,7 +108,7 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], model: Optional[DiT]
     """
     state_dict = select_state_dict(state_dict)
     model = infer_model(state_dict) if model is None else model
-    expected = _expected_shapes(model)
+    expected = _expected_shapes(model.clone(scan_blocks=False))
     converted, unknown, wrong = {}, [], []
     for key, value in state_dict.items():
         array = _to_numpy(value)
@@ -134,14 +134,18 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], model: Optional[DiT]
                ([f"mis-shaped: {wrong}"] if wrong else [])
     if problems:
         raise ValueError("state_dict does not match the model: " + "; ".join(problems))
-    return _nest(converted)
+    params = _nest(converted)
+    return stack_blocks(params, model.depth) if model.scan_blocks else params
 
 
 def inflate(dit_params: Mapping, dit3d_params: Mapping) -> dict:
     """Copies every image-DiT param into a DiT3D param tree; video-only layers keep their values.
 
+    Unrolled DiT blocks (blocks_0, …) are stacked first when the DiT3D scans its blocks.
     Raises ValueError listing DiT params that DiT3D lacks or whose shapes differ.
     """
+    if "blocks" in dit3d_params and "blocks_0" in dit_params:
+        dit_params = stack_blocks(dit_params, sum(k.startswith("blocks_") for k in dit_params))
     dit_flat = {tuple(k.key for k in p): v
                 for p, v in jax.tree_util.tree_flatten_with_path(dit_params)[0]}
     out_flat = {tuple(k.key for k in p): v

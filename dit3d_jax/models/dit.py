@@ -1,6 +1,8 @@
 """DiT (Peebles & Xie): an adaLN-Zero transformer on patchified latents, exact PyTorch layout.
 
-Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep and
+`scan_blocks=True` runs the blocks as one `nn.scan` (params stacked on a leading depth axis: one
+compiled block instead of `depth`), `remat` = "full" | "dots" recomputes activations in the
+backward pass. Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep and
 label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify. Parameter names
 follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at zero (adaLN
 modulations, the final linear) is set where each layer is declared in `layers.py`.
@@ -71,6 +73,26 @@ def unpatchify(x: jax.Array, grid: int, patch: int, channels: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, grid * patch, grid * patch, channels)
 
 
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _carry_only(block_cls):
+    """block_cls whose call returns (x, None), the (carry, output) pair nn.scan expects."""
+    class ScanStep(block_cls):
+        def __call__(self, x, *args):
+            return super().__call__(x, *args), None
+    return ScanStep
+
+
+def stack_blocks(params: dict, depth: int) -> dict:
+    """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout)."""
+    layers = [params[f"blocks_{i}"] for i in range(depth)]
+    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    out["blocks"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)
+    return out
+
+
 def _concrete(a) -> Optional[np.ndarray]:
     """a as a NumPy array when its value is known outside tracing, else None."""
     try:
@@ -98,6 +120,8 @@ class DiT(nn.Module):
     learn_sigma: bool = True
     dtype: Dtype = jnp.float32
     attn_impl: str = "xla"
+    scan_blocks: bool = False
+    remat: str = "none"
 
     @property
     def out_channels(self) -> int:
@@ -107,9 +131,37 @@ class DiT(nn.Module):
     def grid_size(self) -> int:
         return self.input_size // self.patch_size
 
-    def make_block(self, index: int) -> nn.Module:
-        return DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
-                        self.attn_impl)
+    block_class = DiTBlock
+
+    def block_kwargs(self, index: int) -> dict:
+        """The fields of block `index` (every block alike for the image DiT)."""
+        return dict(hidden_size=self.hidden_size, num_heads=self.num_heads,
+                    mlp_ratio=self.mlp_ratio, dtype=self.dtype, attn_impl=self.attn_impl)
+
+    def make_blocks(self):
+        """A list of `depth` blocks (params blocks_0 … blocks_{depth-1}), or with scan_blocks one
+        scanned block whose params carry a leading depth axis (params "blocks")."""
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        cls = self.block_class
+        if self.remat != "none":
+            cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat])
+        if not self.scan_blocks:
+            return [cls(**self.block_kwargs(i)) for i in range(self.depth)]
+        kwargs = self.block_kwargs(0)
+        if any(self.block_kwargs(i) != kwargs for i in range(self.depth)):
+            raise ValueError("scan_blocks: every block must be alike (DiT3D: temporal_every=1)")
+        return nn.scan(_carry_only(cls), variable_axes={"params": 0},
+                       split_rngs={"params": True}, in_axes=nn.broadcast, length=self.depth,
+                       metadata_params={nn.PARTITION_NAME: None})(**kwargs, name="blocks")
+
+    def run_blocks(self, h: jax.Array, *args) -> jax.Array:
+        """h through every block; args (conditioning, …) are shared by all blocks."""
+        if self.scan_blocks:
+            return self.blocks(h, *args)[0]
+        for block in self.blocks:
+            h = block(h, *args)
+        return h
 
     def setup(self):
         if self.input_size % self.patch_size:
@@ -123,7 +175,7 @@ class DiT(nn.Module):
         if self.num_classes > 0:
             self.y_embedder = LabelEmbedder(self.num_classes, self.hidden_size,
                                             self.class_dropout_prob)
-        self.blocks = [self.make_block(i) for i in range(self.depth)]
+        self.blocks = self.make_blocks()
         self.final_layer = FinalLayer(self.hidden_size,
                                       self.patch_size ** 2 * self.out_channels, self.dtype)
 
@@ -185,9 +237,7 @@ class DiT(nn.Module):
         y_emb = self.label_embedding(y, x.shape[0], force_drop, train)
         if y_emb is not None:
             c = c + y_emb
-        for block in self.blocks:
-            h = block(h, c)
-        return self.head(h, c)
+        return self.head(self.run_blocks(h, c), c)
 
 
 # ---------------------------------------------------------------------------------------------

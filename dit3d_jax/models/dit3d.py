@@ -82,10 +82,11 @@ class DiT3D(DiT):
     text_dropout_prob: float = 0.1
     temporal_every: int = 1
 
-    def make_block(self, index: int) -> nn.Module:
-        return DiT3DBlock(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
-                          self.attn_impl, temporal=index % self.temporal_every == 0,
-                          cross=self.text_dim > 0)
+    block_class = DiT3DBlock
+
+    def block_kwargs(self, index: int) -> dict:
+        return dict(super().block_kwargs(index), temporal=index % self.temporal_every == 0,
+                    cross=self.text_dim > 0)
 
     def setup(self):
         if self.temporal_every < 1:
@@ -160,8 +161,7 @@ class DiT3D(DiT):
             tokens, mask, pooled = self.text_condition(text, text_mask, b, force_drop, train)
             c = c + pooled
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
-        for block in self.blocks:
-            h = block(h, c, tokens, mask, temporal_pos)
+        h = self.run_blocks(h, c, tokens, mask, temporal_pos)
         c_frames = jnp.repeat(c, f, axis=0)
         out = self.head(h.reshape(b * f, -1, self.hidden_size), c_frames)
         return out.reshape(b, f, s, s, self.out_channels)

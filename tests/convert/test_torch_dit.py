@@ -38,6 +38,24 @@ def test_variant_is_inferred_from_shapes(small_state_dict):
                                   .transpose(2, 3, 1, 0))
 
 
+def test_scanned_model_gets_stacked_blocks_with_the_same_output(small_state_dict):
+    plain = infer_model(small_state_dict)
+    scanned = plain.clone(scan_blocks=True)
+    params = convert_torch_state_dict(small_state_dict, scanned)
+    assert params["blocks"]["mlp"]["fc2"]["kernel"].shape == (2, 1536, 384)
+    x, t, y = np.ones((1, 16, 16, 4), np.float32), np.array([5.0]), np.array([3])
+    np.testing.assert_allclose(
+        scanned.apply({"params": params}, x, t, y),
+        plain.apply({"params": convert_torch_state_dict(small_state_dict)}, x, t, y), rtol=1e-5,
+        atol=1e-6)
+    video = get_model("DiT3D-S/8", input_size=16, depth=2, num_classes=10, learn_sigma=False,
+                      num_frames=2, text_dim=0, scan_blocks=True)
+    inflated = inflate(convert_torch_state_dict(small_state_dict),
+                       init_params(video, jax.random.key(0)))
+    np.testing.assert_array_equal(inflated["blocks"]["attn"]["proj"]["bias"], params["blocks"]
+                                  ["attn"]["proj"]["bias"])
+
+
 def test_training_checkpoint_prefers_ema(small_state_dict):
     ema = {k: v + 1.0 if k != "pos_embed" else v for k, v in small_state_dict.items()}
     params = convert_torch_state_dict({"model": small_state_dict, "ema": ema, "opt": {},

@@ -7,6 +7,7 @@ import pytest
 
 from dit3d_jax.convert import inflate
 from dit3d_jax.models import get_model, init_params
+from dit3d_jax.models.dit import stack_blocks
 
 SMALL = dict(depth=3, input_size=8, num_classes=7)
 F, TEXT_DIM = 4, 12
@@ -146,3 +147,23 @@ def test_bf16_compute_tracks_float32_and_returns_float32(models):
     grads = jax.grad(lambda p: jnp.mean(video.clone(dtype=jnp.bfloat16).apply(
         {"params": p}, x, t, y, text=text, text_mask=mask) ** 2))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_scanned_blocks_equal_unrolled_blocks(models, remat):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    scanned = video.clone(scan_blocks=True, remat=remat)
+    stacked = stack_blocks(params, video.depth)
+    assert stacked["blocks"]["attn"]["qkv"]["kernel"].shape == (3, 384, 1152)
+    x, t, y, text, mask = _inputs(4)
+
+    def loss(model, p):
+        return jnp.mean(model.apply({"params": p}, x, t, y, text=text, text_mask=mask) ** 2)
+    np.testing.assert_allclose(loss(scanned, stacked), loss(video, params), rtol=1e-5)
+    g_ref = stack_blocks(jax.grad(lambda p: loss(video, p))(params), video.depth)
+    g = jax.grad(lambda p: loss(scanned, p))(stacked)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="every block must be alike"):
+        init_params(video.clone(scan_blocks=True, temporal_every=2), jax.random.key(0))
