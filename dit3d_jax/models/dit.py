@@ -1,11 +1,12 @@
 """DiT (Peebles & Xie): an adaLN-Zero transformer on patchified latents, exact PyTorch layout.
 
+Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep
+and label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify.
+Parameter names follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at
+zero (adaLN modulations, the final linear) is set where each layer is declared in `layers.py`.
 `scan_blocks=True` runs the blocks as one `nn.scan` (params stacked on a leading depth axis: one
-compiled block instead of `depth`), `remat` = "full" | "dots" recomputes activations in the
-backward pass. Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep and
-label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify. Parameter names
-follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at zero (adaLN
-modulations, the final linear) is set where each layer is declared in `layers.py`.
+compiled block instead of `depth`); `remat` = "full" | "dots" recomputes activations in the
+backward pass.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def stack_blocks(params: dict, depth: int) -> dict:
     """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout)."""
     layers = [params[f"blocks_{i}"] for i in range(depth)]
     out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
-    out["blocks"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)
+    out["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
     return out
 
 
