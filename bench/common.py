@@ -358,11 +358,31 @@ def bench_parser(doc: str, workers: Iterable[str]):
 
 
 def probe_machine(script: str) -> Optional[tuple[dict, dict]]:
-    """(machine info, matmul peaks from a worker subprocess of `script`), or None after printing
-    why the peak probe failed."""
+    """(machine info, matmul peaks from a worker subprocess of `script`), printed as a banner;
+    or None after printing why the peak probe failed."""
     info = machine()
     peaks = run_worker(script, ["--worker", "peak", "--case", json.dumps({})])
     if "error" in peaks:
         print(f"matmul peak probe failed: {peaks['error']}", file=sys.stderr)
         return None
+    print(f"{info['cpu_model']} ({info['cpu_cores']} cores) · JAX {info['jax']} on "
+          f"{peaks['backend']} ({peaks['device']}) · torch {info['torch']}", flush=True)
     return info, peaks
+
+
+def flops_unit(peaks: dict) -> tuple[float, str]:
+    """(scale, unit) for FLOP rates on this machine: TFLOP/s on accelerators, else GFLOP/s."""
+    return (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")
+
+
+def run_case(script: str, case: dict, label: str, torch_modes: Iterable[str],
+             on_gpu: bool) -> list[dict]:
+    """Raw worker results for one case: JAX first, then each PyTorch mode (own subprocesses)."""
+    print(f"-- {label}: JAX …", flush=True)
+    runs = [run_worker(script, ["--worker", "jax", "--case", json.dumps(case)])]
+    for mode in torch_modes:
+        print(f"-- {label}: PyTorch {mode} …", flush=True)
+        runs.append(run_worker(script, ["--worker", "torch", "--case",
+                                        json.dumps({**case, "torch_mode": mode})],
+                               env=None if on_gpu else TORCH_CPU_ENV))
+    return runs

@@ -264,19 +264,13 @@ def main(argv=None) -> int:
         cases = resolve_cases(args, peaks["backend"])
     except ValueError as err:
         p.error(str(err))
-    scale, unit = (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")
-    print(f"{info['cpu_model']} ({info['cpu_cores']} cores) · JAX {info['jax']} on "
-          f"{peaks['backend']} ({peaks['device']}) · torch {info['torch']}", flush=True)
+    scale, unit = common.flops_unit(peaks)
 
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        print(f"-- {label}: JAX …", flush=True)
-        runs = [common.run_worker(SCRIPT, ["--worker", "jax", "--case", json.dumps(case)])]
-        for mode in torch_modes(args, on_gpu, case["dtype"]):
-            print(f"-- {label}: PyTorch {mode} …", flush=True)
-            runs.append(common.run_worker(SCRIPT, ["--worker", "torch", "--case", json.dumps(
-                {**case, "torch_mode": mode})], env=None if on_gpu else common.TORCH_CPU_ENV))
+        runs = common.run_case(SCRIPT, case, label, torch_modes(args, on_gpu, case["dtype"]),
+                               on_gpu)
         jax_s = runs[0].get("timing", {}).get("median_s")
         for run in runs:
             run = {**run, "case": case, "label": label}

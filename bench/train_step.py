@@ -291,9 +291,7 @@ def main(argv=None) -> int:
         cases = resolve_cases(args, peaks["backend"])
     except ValueError as err:
         p.error(str(err))
-    print(f"{info['cpu_model']} ({info['cpu_cores']} cores) · JAX {info['jax']} on "
-          f"{peaks['backend']} ({peaks['device']}) · torch {info['torch']}", flush=True)
-    scale, unit = (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")
+    scale, unit = common.flops_unit(peaks)
     print("matmul peak (JAX): " + ", ".join(
         f"{d} {peaks[d]['n']}³ {peaks[d]['flops_per_s'] / scale:.1f} {unit}"
         for d in ("float32", "bfloat16")), flush=True)
@@ -301,17 +299,11 @@ def main(argv=None) -> int:
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        print(f"-- {label}: JAX …", flush=True)
-        jax_res = summarise(case, common.run_worker(SCRIPT, ["--worker", "jax", "--case",
-                                                             json.dumps(case)]), peaks, None)
-        runs = [jax_res]
-        jax_ms = jax_res.get("ms_per_step")
-        for mode in torch_modes(args, on_gpu, case["dtype"]):
-            print(f"-- {label}: PyTorch {mode} …", flush=True)
-            res = common.run_worker(SCRIPT, ["--worker", "torch", "--case",
-                                             json.dumps({**case, "torch_mode": mode})],
-                                    env=None if on_gpu else common.TORCH_CPU_ENV)
-            runs.append(summarise(case, res, peaks, jax_ms))
+        raw = common.run_case(SCRIPT, case, label, torch_modes(args, on_gpu, case["dtype"]),
+                              on_gpu)
+        jax_res = summarise(case, raw[0], peaks, None)
+        runs = [jax_res] + [summarise(case, res, peaks, jax_res.get("ms_per_step"))
+                            for res in raw[1:]]
         for run in runs:
             results.append({**run, "label": label})
             if "error" in run:
