@@ -370,6 +370,19 @@ def probe_machine(script: str) -> Optional[tuple[dict, dict]]:
     return info, peaks
 
 
+def start(script: str, parser, args, resolve_cases: Callable) -> Optional[tuple[dict, dict, list]]:
+    """Probes the machine (banner printed) and resolves the cases for its backend:
+    (info, peaks, cases), or None when the probe failed; bad case flags exit via parser.error."""
+    probed = probe_machine(script)
+    if probed is None:
+        return None
+    info, peaks = probed
+    try:
+        return info, peaks, resolve_cases(args, peaks["backend"])
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def flops_unit(peaks: dict) -> tuple[float, str]:
     """(scale, unit) for FLOP rates on this machine: TFLOP/s on accelerators, else GFLOP/s."""
     return (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")

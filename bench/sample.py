@@ -255,15 +255,11 @@ def main(argv=None) -> int:
         return 0
 
     args.repeats = args.repeats or (2 if args.small else 5)
-    probed = common.probe_machine(SCRIPT)
-    if probed is None:
+    started = common.start(SCRIPT, p, args, resolve_cases)
+    if started is None:
         return 1
-    info, peaks = probed
+    info, peaks, cases = started
     on_gpu = peaks["backend"] == "gpu"
-    try:
-        cases = resolve_cases(args, peaks["backend"])
-    except ValueError as err:
-        p.error(str(err))
     scale, unit = common.flops_unit(peaks)
 
     results, rows = [], []

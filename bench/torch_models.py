@@ -26,14 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import torch_reference as ref  # noqa: E402
 
 
-class SdpaAttention(nn.Module):
-    """Self-attention with a fused [q|k|v] projection. x: (N, T, D) -> (N, T, D)."""
-
-    def __init__(self, d: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
+class SdpaAttention(ref.Attention):
+    """The reference attention's layers (fused [q|k|v], proj) with PyTorch's fused kernel.
+    x: (N, T, D) -> (N, T, D)."""
 
     def forward(self, x):
         n, t, d = x.shape

@@ -282,15 +282,11 @@ def main(argv=None) -> int:
 
     args.steps = args.steps or (8 if args.small else 50)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.small else 10)
-    probed = common.probe_machine(SCRIPT)
-    if probed is None:
+    started = common.start(SCRIPT, p, args, resolve_cases)
+    if started is None:
         return 1
-    info, peaks = probed
+    info, peaks, cases = started
     on_gpu = peaks["backend"] == "gpu"
-    try:
-        cases = resolve_cases(args, peaks["backend"])
-    except ValueError as err:
-        p.error(str(err))
     scale, unit = common.flops_unit(peaks)
     print("matmul peak (JAX): " + ", ".join(
         f"{d} {peaks[d]['n']}³ {peaks[d]['flops_per_s'] / scale:.1f} {unit}"
