@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TEXT_LEN = 32  # data.text_max_length in dit3d_jax.train.default_config()
+DEFAULT_TEXT_LEN = 32  # data.text_max_length in dit3d_jax.train.config.default_config()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,14 +237,52 @@ def device_peak_bytes() -> Optional[int]:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def compiled_bytes(compiled) -> Optional[int]:
-    """XLA's static estimate for one call: arguments + outputs + temporaries − donated aliases."""
+def compiled_memory(compiled) -> Optional[dict]:
+    """XLA's static memory estimate for one call of a compiled function, in bytes: arguments,
+    outputs, temporaries, aliased (outputs written into donated arguments) and their total
+    arguments + outputs + temporaries − aliased; None where the backend does not implement it."""
     try:
         m = compiled.memory_analysis()
-        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                   - m.alias_size_in_bytes)
+        out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+               "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes)}
     except Exception:  # not every backend implements it
         return None
+    out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+    return out
+
+
+def saved_activation_bytes(model, params, batch: int, text_len: int = DEFAULT_TEXT_LEN,
+                           freeze: str = "none") -> int:
+    """Bytes of activations that autodiff keeps from a batch's forward for the backward pass:
+    the residuals held by `jax.vjp` of the model's summed output, with the leaves that `freeze`
+    freezes behind stop_gradient as in the train step. Only the part that grows with the batch
+    is counted (residuals at batch 2 minus batch 1, times `batch`), so params and per-step
+    copies of them (compute-dtype kernels) are left out. Platform-independent: it counts the
+    jaxpr's residuals, before XLA's fusion may recompute cheap elementwise ones; the remat policy
+    and the compute dtype of `model` decide it. Traced only (jax.eval_shape), nothing runs."""
+    import jax
+    import jax.numpy as jnp
+    from dit3d_jax.models import dummy_inputs
+    from dit3d_jax.train.optim import FROZEN, freeze_labels
+
+    labels = freeze_labels(model, freeze)
+
+    def residuals(p, x, cond):
+        def forward(p, x):
+            p = jax.tree_util.tree_map(
+                lambda label, w: jax.lax.stop_gradient(w) if label == FROZEN else w, labels, p)
+            return model.apply({"params": p}, x, **cond).sum()
+        return jax.tree_util.tree_leaves(jax.vjp(forward, p, x)[1])
+
+    def total(b: int) -> int:
+        cond = dummy_inputs(model, b)
+        if "text" in cond:
+            cond["text"] = jnp.zeros((b, text_len, model.text_dim), jnp.float32)
+        x = cond.pop("x")
+        leaves = jax.eval_shape(residuals, params, x, cond)
+        return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+    return (total(2) - total(1)) * batch
 
 
 def machine() -> dict:
@@ -288,12 +326,16 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], title: str
     return text
 
 
-def write_json(path: Optional[str], payload: dict) -> None:
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-        print(f"wrote {path}", flush=True)
+def finish(args, info: dict, peaks: dict, results: list[dict], table: str) -> int:
+    """Writes the run (machine, matmul peaks, flags, results, table) to --json when given;
+    returns the exit status: 1 when any case failed."""
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "matmul_peak": peaks, "args": vars(args),
+                       "results": results, "table": table}, f, indent=2, default=str)
+        print(f"wrote {args.json}", flush=True)
+    return 0 if all("error" not in r for r in results) else 1
 
 
 # ---------------------------------------------------------------------------------------------

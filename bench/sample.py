@@ -298,9 +298,7 @@ def main(argv=None) -> int:
         title=f"DDPM sampling with batched CFG (scale {CFG_SCALE}); total = median of "
               f"{args.repeats} runs after compiling; sample() s = one call of "
               f"dit3d_jax.diffusion.sample, compilation included")
-    common.write_json(args.json, {"machine": info, "matmul_peak": peaks, "args": vars(args),
-                                  "results": results, "table": table})
-    return 0 if all("error" not in r for r in results) else 1
+    return common.finish(args, info, peaks, results, table)
 
 
 if __name__ == "__main__":

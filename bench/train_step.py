@@ -3,13 +3,15 @@
     .venv/bin/python bench/train_step.py --small --json runs/bench/train_small.json   # CPU sizes
     .venv/bin/python bench/train_step.py --json runs/bench/train.json                  # GPU suite
     .venv/bin/python bench/train_step.py --model DiT3D-S/2 --batch 32 --freeze backbone
+    .venv/bin/python bench/train_step.py --compile-only --no-torch [--no-donate] [--scan --remat dots]
 
 JAX side: `dit3d_jax.train.make_train_step` exactly as training runs it (hybrid DDPM loss, grads,
 freeze partition, AdamW, EMA, importance sampler, NaN guard), compiled once (compile time reported),
 then timed over --steps calls after --warmup, each synchronised with block_until_ready; the median
 is reported. Model FLOPs = 3 × forward (bench/common.py); MFU against a large matmul timed in JAX
 in the same run. Memory: device peak where the backend keeps statistics (GPU/TPU), else "n/a", plus
-XLA's static estimate of the compiled step.
+XLA's static estimate of the compiled step (arguments, outputs, temporaries, donated aliases;
+--compile-only reports just that and the compile time, e.g. to plan memory on a CPU).
 
 PyTorch side (same shapes, same layers, `bench/torch_models.py`): AdamW (lr 1e-4, wd 0) + EMA each
 step, ε-MSE loss on uniform timesteps (the VLB term is left out: elementwise work only), label and
@@ -19,6 +21,7 @@ GPU).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -99,8 +102,8 @@ def peak_worker(case: dict) -> dict:
 def jax_worker(case: dict) -> dict:
     import jax
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.train import (create_train_state, default_config, make_mesh,
-                                 make_train_step, shard_batch)
+    from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
+    from dit3d_jax.train.config import default_config
     from dit3d_jax.train.step import compute_dtype
 
     model = build_model(case)
@@ -114,27 +117,29 @@ def jax_worker(case: dict) -> dict:
     state, sharding = create_train_state(config, model, objective, mesh, jax.random.key(0))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    step = make_train_step(config, model, objective, mesh, sharding)
+    step = make_train_step(config, model, objective, mesh, sharding, donate=case["donate"])
     batch = shard_batch(mesh, host_batch(model, case["batch"], case["text_len"]))
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    dtype = str(jax.numpy.dtype(compute_dtype(case["dtype"])))
+    out = {"framework": "jax", "precision": f"{dtype} {case['attn_impl']}", "dtype": dtype,
+           "compile_s": compile_s, "init_s": init_s, "memory": common.compiled_memory(compiled),
+           "flops": common.train_flops(model, case["batch"], case["text_len"], case["freeze"])}
+    if case["compile_only"]:
+        net = model.clone(dtype=compute_dtype(case["dtype"]))
+        return {**out, "saved_activation_bytes": common.saved_activation_bytes(
+            net, state.params, case["batch"], case["text_len"], case["freeze"])}
     holder = {"state": state}
 
     def call():
         holder["state"], metrics = compiled(holder["state"], batch)
         return holder["state"].step, metrics
 
-    timing = common.time_calls(call, case["steps"], case["warmup"], jax.block_until_ready)
+    out["timing"] = common.time_calls(call, case["steps"], case["warmup"], jax.block_until_ready)
     _, metrics = call()
-    loss = float(metrics["loss"])
-    return {"framework": "jax", "precision": f"{jax.numpy.dtype(compute_dtype(case['dtype']))}"
-            f" {case['attn_impl']}", "dtype": str(jax.numpy.dtype(compute_dtype(case["dtype"]))),
-            "timing": timing, "compile_s": compile_s, "init_s": init_s, "loss": loss,
-            "peak_bytes": common.device_peak_bytes(),
-            "compiled_bytes": common.compiled_bytes(compiled),
-            "flops": common.train_flops(model, case["batch"], case["text_len"], case["freeze"])}
+    return {**out, "loss": float(metrics["loss"]), "peak_bytes": common.device_peak_bytes()}
 
 
 def torch_worker(case: dict) -> dict:
@@ -247,7 +252,8 @@ def resolve_cases(args, backend: str) -> list[dict]:
             raise ValueError(f"--freeze: an image DiT has no backbone/new split; expected 'none', "
                              f"got {c['freeze']!r}")
         c.update(dtype=dtype, attn_impl=attn, steps=args.steps, warmup=args.warmup,
-                 scan=args.scan, remat=args.remat,
+                 scan=args.scan, remat=args.remat, donate=args.donate,
+                 compile_only=args.compile_only,
                  text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
     return cases
 
@@ -266,12 +272,41 @@ def summarise(case: dict, result: dict, peaks: dict, jax_ms: float | None) -> di
             else None}
 
 
+def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
+    """--compile-only: compile each case's JAX step and tabulate XLA's memory estimate."""
+    results, rows = [], []
+    for case in cases:
+        label = case_label(case)
+        run = common.run_case(SCRIPT, case, label, [], on_gpu=False)[0]
+        results.append({**run, "case": case, "label": label})
+        if "error" in run:
+            rows.append([label, "", "", "error: " + run["error"][:80]] + [""] * 5)
+            continue
+        m = run["memory"] or {}
+        rows.append([label, run["precision"], "yes" if case["donate"] else "no",
+                     f"{run['compile_s']:.1f}", common.gib(run["saved_activation_bytes"])]
+                    + [common.gib(m.get(k)) for k in ("arguments", "outputs", "temporaries",
+                                                       "aliased", "total")])
+    table = common.print_table(
+        ["case", "precision", "donated", "compile s", "saved for backward", "arguments",
+         "outputs", "temporaries", "aliased", "XLA total"], rows,
+        title="Train step memory (no step run): activations autodiff saves for the backward "
+              "(jaxpr residuals, any device) and XLA's static estimate of the compiled step "
+              "on this backend")
+    return common.finish(args, info, peaks, results, table)
+
+
 def main(argv=None) -> int:
     p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
     p.add_argument("--freeze", default="none", choices=["none", "backbone"])
     p.add_argument("--scan", action="store_true", help="nn.scan over the blocks (scan_blocks)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    p.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,
+                   help="donate the train state to the step (--no-donate: measure what it saves)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="compile the JAX step and report its memory (saved activations, XLA's "
+                        "estimate); no timing")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
     args = p.parse_args(argv)
@@ -286,6 +321,8 @@ def main(argv=None) -> int:
     if started is None:
         return 1
     info, peaks, cases = started
+    if args.compile_only:
+        return memory_report(cases, args, info, peaks)
     on_gpu = peaks["backend"] == "gpu"
     scale, unit = common.flops_unit(peaks)
     print("matmul peak (JAX): " + ", ".join(
@@ -307,8 +344,8 @@ def main(argv=None) -> int:
                             + [""] * 8)
                 continue
             peak_mem = common.gib(run["peak_bytes"])
-            if run["framework"] == "jax" and run.get("compiled_bytes") is not None:
-                peak_mem += f" (XLA est. {common.gib(run['compiled_bytes'])})"
+            if run["framework"] == "jax" and run.get("memory"):
+                peak_mem += f" (XLA est. {common.gib(run['memory']['total'])})"
             rows.append([label, run["framework"], run["precision"],
                          f"{run['ms_per_step']:.1f}", f"{1e3 * run['timing']['min_s']:.1f}",
                          f"{run['samples_per_s']:.1f}",
@@ -323,9 +360,7 @@ def main(argv=None) -> int:
          "peak memory", "compile s", "JAX speedup"], rows,
         title=f"Train step (median of {args.steps} after {args.warmup} warm-up; model FLOPs = "
               f"3 × forward; MFU vs the JAX matmul peak of the row's dtype)")
-    common.write_json(args.json, {"machine": info, "matmul_peak": peaks, "args": vars(args),
-                                  "results": results, "table": table})
-    return 0 if all("error" not in r for r in results) else 1
+    return common.finish(args, info, peaks, results, table)
 
 
 if __name__ == "__main__":

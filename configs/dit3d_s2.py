@@ -16,7 +16,7 @@ Start from image weights converted by convert_torch_weights.py (inflated into th
 Multi-host: launch the same command on every host (SLURM/Open MPI/TPU pods are detected, or set
 --config.distributed=True); --config.mesh.fsdp=N shards params and optimizer state N ways.
 """
-from dit3d_jax.train import default_config
+from dit3d_jax.train.config import default_config
 
 
 def get_config():

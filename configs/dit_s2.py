@@ -10,7 +10,7 @@ dit3d_s2.py inflates from. Use --config.importance.enabled=False for DiT's unifo
 """
 import ml_collections
 
-from dit3d_jax.train import default_config
+from dit3d_jax.train.config import default_config
 
 
 def get_config():

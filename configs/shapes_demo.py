@@ -18,7 +18,7 @@ On an accelerator, train the full-size clips and a bigger model, e.g.
       --config.model.kwargs.num_heads=6 --config.data.global_batch_size=64 \\
       --config.train.num_steps=20000
 """
-from dit3d_jax.train import default_config
+from dit3d_jax.train.config import default_config
 
 
 def get_config():

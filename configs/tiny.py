@@ -7,7 +7,7 @@ width 16, DDPM (hybrid loss, importance sampling), synthetic data ("random": a f
 deterministic examples, so the loss falls as the model memorises them). Global batch 8 fits a
 mesh of 8 simulated devices.
 """
-from dit3d_jax.train import default_config
+from dit3d_jax.train.config import default_config
 
 
 def get_config():

@@ -133,11 +133,12 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
     return step
 
 
-def make_train_step(config, model: DiT, objective, mesh: Mesh,
-                    state_sharding: TrainState) -> Callable[[TrainState, dict], tuple]:
+def make_train_step(config, model: DiT, objective, mesh: Mesh, state_sharding: TrainState,
+                    donate: bool = True) -> Callable[[TrainState, dict], tuple]:
     """jit(step) with the state sharded as `state_sharding`, the batch over ('data', 'fsdp'),
-    replicated metrics, and the input state donated."""
+    replicated metrics, and the input state donated (its buffers are reused for the new state;
+    `donate=False` only for measuring what that saves)."""
     return jax.jit(make_step_fn(config, model, objective),
                    in_shardings=(state_sharding, batch_sharding(mesh)),
                    out_shardings=(state_sharding, replicated(mesh)),
-                   donate_argnums=0)
+                   donate_argnums=0 if donate else ())

@@ -126,7 +126,8 @@ def test_jaxpr_counter_matches_xla_on_pure_matmuls():
 @pytest.mark.parametrize("freeze", ["none", "backbone"])
 def test_executed_train_flops_match_the_train_step(freeze):
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.train import create_train_state, default_config, make_mesh, shard_batch
+    from dit3d_jax.train import create_train_state, make_mesh, shard_batch
+    from dit3d_jax.train.config import default_config
     from dit3d_jax.train.step import make_step_fn
 
     config = default_config()

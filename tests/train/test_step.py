@@ -4,6 +4,11 @@ One step function is compiled for the module (tiny DiT3D, backbone frozen, impor
 and every test starts from a host copy of the same initial state. The sharded step is checked
 against this single-device step in test_sharding.py.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,8 +19,8 @@ import pytest
 from dit3d_jax.diffusion import importance
 from dit3d_jax.diffusion.gaussian import create_gaussian_diffusion
 from dit3d_jax.models import get_model, init_params
-from dit3d_jax.train import (create_train_state, default_config, make_mesh, make_train_step,
-                             shard_batch)
+from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
+from dit3d_jax.train.config import default_config
 from dit3d_jax.train import optim
 from dit3d_jax.train.step import model_inputs
 
@@ -233,3 +238,25 @@ def test_model_inputs_pick_the_conditioning_the_model_has():
     assert x.shape == (B, 16, 16, 4) and set(cond) == {"y"}
     with pytest.raises(ValueError, match="batch: expected a 'image' entry"):
         model_inputs(image, dict(label=batch["label"]))
+
+
+def test_step_imports_without_the_data_stack_or_ml_collections():
+    # A benchmark on a bare accelerator image has jax/flax/optax/orbax but none of these: the
+    # models, the diffusion code and the train step must import (and so jit) without them.
+    blocked = ("ml_collections", "grain", "tensorflow_datasets", "array_record", "tensorboardX",
+               "tensorflow")
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        BLOCKED = {blocked!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import dit3d_jax.models, dit3d_jax.diffusion, dit3d_jax.train, dit3d_jax.train.step
+        print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
