@@ -10,8 +10,9 @@ freeze partition, AdamW, EMA, importance sampler, NaN guard), compiled once (com
 then timed over --steps calls after --warmup, each synchronised with block_until_ready; the median
 is reported. Model FLOPs = 3 × forward (bench/common.py); MFU against a large matmul timed in JAX
 in the same run. Memory: device peak where the backend keeps statistics (GPU/TPU), else "n/a", plus
-XLA's static estimate of the compiled step (arguments, outputs, temporaries, donated aliases;
---compile-only reports just that and the compile time, e.g. to plan memory on a CPU).
+XLA's static estimate of the compiled step (arguments, outputs, temporaries, donated aliases).
+--compile-only times nothing: it reports the compile time, that estimate and the activations
+autodiff saves for the backward pass (device-independent), e.g. to plan memory on a CPU.
 
 PyTorch side (same shapes, same layers, `bench/torch_models.py`): AdamW (lr 1e-4, wd 0) + EMA each
 step, ε-MSE loss on uniform timesteps (the VLB term is left out: elementwise work only), label and
@@ -102,7 +103,8 @@ def peak_worker(case: dict) -> dict:
 def jax_worker(case: dict) -> dict:
     import jax
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
+    from dit3d_jax.train import (create_train_state, make_mesh, make_step_fn, make_train_step,
+                                 shard_batch)
     from dit3d_jax.train.config import default_config
     from dit3d_jax.train.step import compute_dtype
 
@@ -130,7 +132,9 @@ def jax_worker(case: dict) -> dict:
     if case["compile_only"]:
         net = model.clone(dtype=compute_dtype(case["dtype"]))
         return {**out, "saved_activation_bytes": common.saved_activation_bytes(
-            net, state.params, case["batch"], case["text_len"], case["freeze"])}
+            net, state.params, case["batch"], case["text_len"], case["freeze"]),
+            "step_matmul_flops": common.jaxpr_matmul_flops(
+                make_step_fn(config, model, objective), state, batch)}
     holder = {"state": state}
 
     def call():
@@ -280,19 +284,23 @@ def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
         run = common.run_case(SCRIPT, case, label, [], on_gpu=False)[0]
         results.append({**run, "case": case, "label": label})
         if "error" in run:
-            rows.append([label, "", "", "error: " + run["error"][:80]] + [""] * 5)
+            rows.append([label, "", "", "error: " + run["error"][:80]] + [""] * 7)
             continue
         m = run["memory"] or {}
         rows.append([label, run["precision"], "yes" if case["donate"] else "no",
-                     f"{run['compile_s']:.1f}", common.gib(run["saved_activation_bytes"])]
+                     f"{run['compile_s']:.1f}",
+                     f"{run['step_matmul_flops'] / run['flops']['model']:.3f}",
+                     common.gib(run["saved_activation_bytes"])]
                     + [common.gib(m.get(k)) for k in ("arguments", "outputs", "temporaries",
                                                        "aliased", "total")])
     table = common.print_table(
-        ["case", "precision", "donated", "compile s", "saved for backward", "arguments",
+        ["case", "precision", "donated", "compile s", "matmul work", "saved for backward",
+         "arguments",
          "outputs", "temporaries", "aliased", "XLA total"], rows,
-        title="Train step memory (no step run): activations autodiff saves for the backward "
-              "(jaxpr residuals, any device) and XLA's static estimate of the compiled step "
-              "on this backend")
+        title="Train step memory (no step run): matmul FLOPs in the step's jaxpr ÷ 3 × forward "
+              "(> 1: recomputation), activations autodiff saves for the backward (jaxpr "
+              "residuals, any device), XLA's static estimate of the compiled step on this "
+              "backend")
     return common.finish(args, info, peaks, results, table)
 
 
