@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
-
 
 class UsageError(Exception):
     """A bad argument: reported as one line, before anything is computed or written."""
@@ -34,8 +32,9 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the config's, else 4")
     p.add_argument("--steps", type=int, default=None, help="default: the config's, else 250")
-    p.add_argument("--sampler", default=None, help=f"one of {SAMPLERS}")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--sampler", default=None,
+                   help="ddpm or ddim (gaussian), euler or heun (flow); default: the config's")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=None,
@@ -86,22 +85,18 @@ def conditions(args, model, config):
 
 
 def settings(args, model, config):
-    """-> (sampler, steps, cfg_scale, objective) from flags, else the config, else DiT's."""
+    """-> (generate()'s sampler/steps/cfg_scale/eta, objective): flags, else the config, else
+    DiT's (`dit3d_jax.generate.sample_settings`)."""
     from dit3d_jax.diffusion.objective import make_objective
-    obj_cfg = config.objective if config is not None else {"name": "gaussian"}
-    objective = make_objective(obj_cfg, model.learn_sigma)
-    sample_cfg = config.sample if config is not None else {}
-    default_sampler = "heun" if obj_cfg.get("name") == "flow" else "ddpm"
-    sampler = args.sampler or sample_cfg.get("sampler", default_sampler)
-    if sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {sampler!r}: expected one of {SAMPLERS}")
-    if (sampler in ("euler", "heun")) != (obj_cfg.get("name") == "flow"):
-        raise UsageError(f"--sampler {sampler!r} does not fit the {obj_cfg.get('name')} objective")
-    steps = args.steps if args.steps is not None else sample_cfg.get("steps", 250)
-    if steps <= 0:
-        raise UsageError(f"--steps {steps}: expected a positive number of steps")
-    cfg_scale = args.cfg_scale if args.cfg_scale is not None else sample_cfg.get("cfg_scale", 4.0)
-    return sampler, steps, cfg_scale, objective
+    from dit3d_jax.generate import sample_settings
+    objective = make_objective(config.objective if config is not None else {"name": "gaussian"},
+                               model.learn_sigma)
+    try:
+        chosen = sample_settings(config, sampler=args.sampler, steps=args.steps,
+                                 cfg_scale=args.cfg_scale, eta=args.eta)
+    except ValueError as err:  # its messages start with the argument: "steps 0: ..."
+        raise UsageError(f"--{err}") from None
+    return chosen, objective
 
 
 def main(argv=None) -> int:
@@ -115,17 +110,17 @@ def main(argv=None) -> int:
             raise UsageError(f"--out {out!r}: expected a .gif, .mp4 or .png path")
         model, params, config = load(args)
         names, prompts, labels = conditions(args, model, config)
-        sampler, steps, cfg_scale, objective = settings(args, model, config)
+        chosen, objective = settings(args, model, config)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     from dit3d_jax.generate import generate, text_encoder_for
     from dit3d_jax.utils.video import make_grid, write_image, write_video
-    print(f"Sampling {len(names)} with {sampler}, {steps} steps, CFG {cfg_scale}", file=sys.stderr)
+    print(f"Sampling {len(names)} with {chosen['sampler']}, {chosen['steps']} steps, "
+          f"CFG {chosen['cfg_scale']}", file=sys.stderr)
     x = generate(model, params, objective, prompts=prompts, labels=labels, num=args.num,
-                 sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=args.seed, eta=args.eta,
-                 encoder=text_encoder_for(config) if prompts else None)
+                 seed=args.seed, encoder=text_encoder_for(config) if prompts else None, **chosen)
     video = x.ndim == 5
     scale = args.scale or max(1, 128 // x.shape[-2])
     x = x[..., :3]  # latents without a decoder: show the first three channels

@@ -5,9 +5,9 @@
 
 `--config.a.b=value` overrides a field of the (locked) config, so a misspelt name is an error.
 Re-running with the same --workdir resumes from its latest checkpoint. The loop lives in
-`dit3d_jax.train.loop.train_and_evaluate`.
+`dit3d_jax.train.loop.train_and_evaluate`; `dit3d_jax.train.config.load_config_file(path,
+overrides)` builds the same config in-process (a notebook, a test).
 """
-import ast
 import sys
 
 from absl import app, flags
@@ -28,12 +28,11 @@ def parse_flags(argv):
     except flags.Error as err:
         sys.exit(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help.")
     except (KeyError, AttributeError) as err:
+        from dit3d_jax.train.config import (  # pylint: disable=import-outside-toplevel
+            unknown_field_message)
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
-        message = str(err.args[0] if err.args else err)
-        while len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
-            message = ast.literal_eval(message)  # KeyError messages arrive repr()-wrapped
         sys.exit(f"train.py: a --config override names no field of the config "
-                 f"({' '.join(overrides)}): {message}")
+                 f"({' '.join(overrides)}): {unknown_field_message(err)}")
 
 
 def main(argv):

@@ -37,13 +37,12 @@ def score(model, params, config, captions, encoder, seed):
     """-> (accuracy dict, seconds) for `FLAGS.num` samples of each caption."""
     from dit3d_jax.data.detector import caption_accuracy
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.generate import generate
+    from dit3d_jax.generate import generate, sample_settings
     start = time.perf_counter()
     videos = generate(model, params, make_objective(config.objective, model.learn_sigma),
-                      prompts=captions, num=FLAGS.num, sampler=config.sample.sampler,
-                      steps=FLAGS.sample_steps or config.sample.steps,
-                      cfg_scale=FLAGS.cfg_scale or config.sample.cfg_scale, seed=seed,
-                      encoder=encoder)
+                      prompts=captions, num=FLAGS.num, seed=seed, encoder=encoder,
+                      **sample_settings(config, steps=FLAGS.sample_steps,
+                                        cfg_scale=FLAGS.cfg_scale))
     expected = [c for c in captions for _ in range(FLAGS.num)]
     return caption_accuracy(videos, expected), time.perf_counter() - start
 

@@ -1,6 +1,11 @@
 """From a trained model to pixels: prompts/labels in, sampled videos (or images) out.
 
-Shared by sample.py and bench/caption_accuracy.py; the samplers themselves live in
+    model, params, run_config = load_workdir(workdir)          # dit3d_jax.train.checkpoint
+    x = generate(model, params, make_objective(run_config.objective, model.learn_sigma),
+                 prompts=["a red circle moving left"], encoder=text_encoder_for(run_config),
+                 **sample_settings(run_config, cfg_scale=6.0))
+
+Shared by sample.py, bench/caption_accuracy.py and the notebook; the samplers themselves live in
 `dit3d_jax.diffusion.samplers` and never see the model.
 """
 from __future__ import annotations
@@ -12,6 +17,8 @@ import jax
 import numpy as np
 
 from dit3d_jax.diffusion import sample
+from dit3d_jax.diffusion.flow import RectifiedFlow
+from dit3d_jax.diffusion.samplers import SAMPLERS
 from dit3d_jax.models import DiT3D
 from dit3d_jax.models.dit import DiT
 
@@ -22,6 +29,31 @@ def text_encoder_for(config: Optional[Any]):
     data = config.data if config is not None else None
     return get_text_encoder(data.text_encoder if data else "minilm",
                             max_length=data.text_max_length if data else 32)
+
+
+def sample_settings(run_config: Optional[Any], sampler: Optional[str] = None,
+                    steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+                    eta: Optional[float] = None) -> dict:
+    """generate()'s sampler, steps, cfg_scale and eta: each as given, else the run config's
+    `sample` section, else DiT's (ddpm, or heun for a flow objective; 250 steps; guidance 4;
+    eta 0). run_config: a training config (`load_workdir`'s third value) or None (e.g. a
+    converted checkpoint: a gaussian objective). Raises ValueError, naming the argument first,
+    for a sampler that is unknown or does not fit the objective, or steps < 1."""
+    if run_config is None:
+        chosen, objective = {}, "gaussian"
+    else:
+        chosen, objective = run_config.sample, run_config.objective.get("name", "gaussian")
+    sampler = sampler or chosen.get("sampler", "heun" if objective == "flow" else "ddpm")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r}: expected one of {tuple(SAMPLERS)}")
+    if (SAMPLERS[sampler] is RectifiedFlow) != (objective == "flow"):
+        raise ValueError(f"sampler {sampler!r} does not fit the {objective} objective")
+    steps = steps if steps is not None else chosen.get("steps", 250)
+    if steps <= 0:
+        raise ValueError(f"steps {steps}: expected a positive number of steps")
+    return {"sampler": sampler, "steps": steps,
+            "cfg_scale": cfg_scale if cfg_scale is not None else chosen.get("cfg_scale", 4.0),
+            "eta": eta if eta is not None else chosen.get("eta", 0.0)}
 
 
 @functools.lru_cache(maxsize=8)

@@ -162,6 +162,10 @@ def test_notebook_runs_on_cpu_with_a_tiny_config(path, tmp_path):
     result = run_cells(cells_to_run(load(path), path.name, parameters), tmp_path)
     assert result.returncode == 0, (result.stdout[-3000:] + "\n" + result.stderr[-6000:])
 
+    # The trainer narrates at INFO; orbax's INFO detail (every save, "[process=0] ...") is not.
+    assert "INFO:absl:Creating device mesh" in result.stderr
+    assert not re.search(r"INFO:absl:.*(\[process=\d|CheckpointManager|orbax)", result.stderr)
+
     # The run: resolved config, model spec, a metrics record per step, the final checkpoint.
     workdir = Path(parameters["WORKDIR"])
     config = json.loads((workdir / "config.json").read_text())

@@ -1,11 +1,21 @@
-"""The training configuration: every field and its default (configs/*.py start from here).
+"""The training configuration: every field and its default (configs/*.py start from here), and
+a configs/*.py file loaded in-process with overrides, as train.py's --config flag loads it.
+
+    config = load_config_file("configs/tiny.py", {"train.num_steps": 20})
 
 Kept apart from the step so that the models, diffusion and the pure train step import without
 ml_collections (a benchmark on a bare accelerator image needs no extra wheels for them).
 """
 from __future__ import annotations
 
+import ast
+import os
+from typing import Any, Mapping, Sequence
+
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from dit3d_jax.train.sharding import DEFAULT_RULES
 
@@ -46,3 +56,80 @@ def default_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict(dict(sampler="ddpm", steps=250, cfg_scale=4.0))
     c.lock()
     return c
+
+
+def load_config_file(path: str, overrides: Mapping[str, Any] | Sequence[str] = ()
+                     ) -> ml_collections.ConfigDict:
+    """The locked config that `train.py --config=path --config.NAME=VALUE ...` trains, built
+    in-process (a notebook, a test) by the same ml_collections config_flags code.
+
+    path: "configs/NAME.py" or "configs/NAME.py:arg" (arg is passed to get_config(arg)).
+    overrides: {"model.kwargs.depth": 1} (Python values) or ["model.kwargs.depth=1"] (strings,
+      parsed by the field's type as on the command line), applied in order. A name the config
+      does not have, or a value of another type (an int for a float field is fine; a bool for
+      a number is not), is a ValueError naming the override.
+    """
+    if isinstance(overrides, str):
+        raise TypeError(f"load_config_file: overrides: expected a mapping or a list of "
+                        f"NAME=VALUE strings, got the string {overrides!r}")
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"load_config_file: path {path!r}: no file {file!r}")
+    config = _parse_config_flag(config_flags.DEFINE_config_file, None, [f"--config={path}"])
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f"load_config_file: path {path!r}: get_config() returned "
+                        f"{type(config).__name__}, expected an ml_collections.ConfigDict")
+    if isinstance(overrides, Mapping):
+        for name, value in overrides.items():
+            field_type = _field_type(config, name)
+            if isinstance(value, bool) and field_type in (int, float):
+                raise ValueError(f"config override {name!r}: expected {field_type.__name__}, "
+                                 f"got the bool {value!r}")
+            try:
+                config_path.set_value(name, config, value)
+            except TypeError as err:
+                raise ValueError(f"config override {name!r}: {err}") from None
+        return config
+
+    args = []
+    for item in overrides:
+        name, equals, _ = str(item).partition("=")
+        if not equals:
+            raise ValueError(f"config override {item!r}: expected NAME=VALUE")
+        _field_type(config, name)
+        args.append(f"--config.{item}")
+    try:
+        return _parse_config_flag(config_flags.DEFINE_config_dict, config, args)
+    except flags.Error as err:  # names the flag: "flag --config.NAME=VALUE: ..."
+        raise ValueError(f"config override: {err}") from None
+
+
+def unknown_field_message(err: KeyError | AttributeError) -> str:
+    """The error ml_collections raises for a field a config lacks, as one readable line (its
+    KeyError messages arrive repr()-wrapped, at times inside an AttributeError, and put the
+    'Did you mean' hint on a line of its own)."""
+    while err.args and isinstance(err.args[0], (KeyError, AttributeError)):
+        err = err.args[0]
+    message = str(err.args[0] if err.args else err)
+    while len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+        message = ast.literal_eval(message)
+    return "; ".join(message.splitlines())
+
+
+def _parse_config_flag(define, default, args: list[str]):
+    """FLAGS.config after parsing `args` with a --config flag made by `define` (config_flags'
+    DEFINE_config_file or DEFINE_config_dict) on flags of its own, not absl's global ones."""
+    argv = ["load_config_file", *args]
+    flag_values = flags.FlagValues()
+    define("config", default, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def _field_type(config: ml_collections.ConfigDict, name: str) -> type:
+    """The type of config field `name` ("a.b.c"); a ValueError naming it when there is none."""
+    try:
+        return config_path.get_type(name, config)
+    except (KeyError, AttributeError) as err:
+        raise ValueError(f"config override {name!r}: the config has no such field: "
+                         f"{unknown_field_message(err)}") from None

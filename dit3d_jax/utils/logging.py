@@ -35,12 +35,25 @@ class _LibraryFilter(logging.Filter):
 
 
 def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
-    """Hides the INFO chatter of `packages` (orbax logs every save in detail) from the absl log
-    handler, so the trainer's own narration stays readable. Warnings still show."""
+    """Hides the INFO chatter of `packages` (orbax logs every save in detail), so the trainer's
+    own narration stays readable. Warnings still show.
+
+    Works with and without absl's app.run (which puts absl's handler on the root logger; without
+    it, absl's first log call sets up a plain root handler, as in a notebook or a test), because
+    nothing here touches a handler: packages that log through absl (orbax does) log on the
+    'absl' logger, which gets a filter on the record's source path; packages with loggers of
+    their own (`logging.getLogger(package)`) get level WARNING, unless one was set. Calling it
+    again adds nothing."""
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    handler = absl_logging.get_absl_handler()
-    if not any(isinstance(f, _LibraryFilter) for f in handler.filters):
-        handler.addFilter(_LibraryFilter(packages))
+    quiet = _LibraryFilter(packages)
+    absl_logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _LibraryFilter) and f.parts == quiet.parts
+               for f in absl_logger.filters):
+        absl_logger.addFilter(quiet)
+    for package in packages:
+        logger = logging.getLogger(package)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def read_metrics(workdir: str) -> list[dict]:

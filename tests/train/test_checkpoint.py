@@ -52,14 +52,12 @@ def test_load_workdir_names_what_is_missing(tmp_path):
 
 
 CHILD = r"""
-import importlib.util, json, sys
+import json, sys
 import jax, numpy as np
-args = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("tiny", args["config"])
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config()
-config.update_from_flattened_dict(args["overrides"])
+from dit3d_jax.train.config import load_config_file
 from dit3d_jax.train.loop import train_and_evaluate
+args = json.loads(sys.argv[1])
+config = load_config_file(args["config"], args["overrides"])
 state = train_and_evaluate(config, args["workdir"])
 leaves = jax.tree_util.tree_leaves(state.params)
 split = sum(x.sharding.shard_shape(x.shape) != x.shape for x in leaves)

@@ -12,17 +12,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # argv[1]: JSON {"port", "process_id" (None: a single-process reference run), "workdir"}.
 CHILD = r"""
-import hashlib, importlib.util, json, sys
+import hashlib, json, sys
 import jax, numpy as np
 args = json.loads(sys.argv[1])
 if args["process_id"] is not None:
     jax.distributed.initialize(coordinator_address=f"localhost:{args['port']}",
                                num_processes=2, process_id=args["process_id"])
-spec = importlib.util.spec_from_file_location("tiny", args["config"])
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config()
-config.update_from_flattened_dict({"train.num_steps": 3, "train.checkpoint_every": 3})
+from dit3d_jax.train.config import load_config_file
 from dit3d_jax.train.loop import train_and_evaluate
+config = load_config_file(args["config"], {"train.num_steps": 3, "train.checkpoint_every": 3})
 state = train_and_evaluate(config, args["workdir"])
 params = jax.tree_util.tree_leaves(state.params)
 digest = hashlib.sha256()

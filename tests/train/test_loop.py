@@ -23,15 +23,13 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 # the final state), "durable_marker" (print DURABLE <step> once that checkpoint is on disk, and
 # block before saving any later step, so the test can kill it with no later checkpoint)}.
 CHILD = r"""
-import importlib.util, json, sys, time
+import json, sys, time
 import jax, numpy as np
 from absl import logging
 logging.set_verbosity(logging.INFO)
+from dit3d_jax.train.config import load_config_file
 args = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("tiny", args["config"])
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config()
-config.update_from_flattened_dict(args.get("overrides", {}))
+config = load_config_file(args["config"], args.get("overrides", {}))
 from dit3d_jax.train import checkpoint
 from dit3d_jax.train.loop import train_and_evaluate
 marker = args.get("durable_marker")
@@ -244,12 +242,9 @@ def test_init_from_inflates_exported_image_dit(tmp_path, monkeypatch):
     from dit3d_jax.models import get_model, init_params
     from dit3d_jax.models.export import save_exported
     from dit3d_jax.train.checkpoint import load_workdir
+    from dit3d_jax.train.config import load_config_file
     from dit3d_jax.train.loop import train_and_evaluate
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_config", TINY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = load_config_file(TINY)
 
     kw = config.model.kwargs
     image = get_model("DiT-S/2", hidden_size=kw.hidden_size, depth=kw.depth,
