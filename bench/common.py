@@ -425,6 +425,14 @@ def start(script: str, parser, args, resolve_cases: Callable) -> Optional[tuple[
         parser.error(str(err))
 
 
+def resolve_precision(args, backend: str) -> tuple[str, str]:
+    """(JAX compute dtype, attention kernel) for --dtype/--attn-impl on `backend`: "auto" is
+    bfloat16 on accelerators (float32 on CPU), and the models' own "auto" attention rule."""
+    from dit3d_jax.models.layers import resolve_attn_impl
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    return dtype, resolve_attn_impl(args.attn_impl, dtype, backend)
+
+
 def flops_unit(peaks: dict) -> tuple[float, str]:
     """(scale, unit) for FLOP rates on this machine: TFLOP/s on accelerators, else GFLOP/s."""
     return (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")

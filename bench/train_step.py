@@ -247,9 +247,7 @@ def resolve_cases(args, backend: str) -> list[dict]:
         if args.depth:
             for c in cases:
                 c["depth"] = args.depth
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
-    attn = args.attn_impl if args.attn_impl != "auto" else (
-        "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla")
+    dtype, attn = common.resolve_precision(args, backend)
     for c in cases:
         c.setdefault("depth", None)
         if not c["frames"] and c["freeze"] != "none":

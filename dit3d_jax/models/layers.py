@@ -146,12 +146,28 @@ class LabelEmbedder(nn.Module):
 # Attention and MLP
 # ---------------------------------------------------------------------------------------------
 
+ATTN_IMPLS = ("auto", "xla", "cudnn")
+
+
+def resolve_attn_impl(name: str, dtype: Dtype, backend: Optional[str] = None) -> str:
+    """The attention kernel for `name` in ATTN_IMPLS: "auto" is cuDNN's fused attention on a GPU
+    for bf16/fp16 inputs and XLA's otherwise (jax's own default is XLA everywhere). `backend`
+    defaults to jax.default_backend()."""
+    if name not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl: expected one of {ATTN_IMPLS}, got {name!r}")
+    if name != "auto":
+        return name
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and (backend or jax.default_backend()) == "gpu" else "xla"
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
-              implementation: Optional[str]) -> jax.Array:
-    """Softmax attention. q: (B, Nq, H, Dh); k, v: (B, Nk, H, Dh); mask: (B, Nk) bool or None."""
+              implementation: str) -> jax.Array:
+    """Softmax attention. q: (B, Nq, H, Dh); k, v: (B, Nk, H, Dh); mask: (B, Nk) bool or None;
+    implementation: one of ATTN_IMPLS."""
     bias_mask = None if mask is None else mask[:, None, None, :]
-    impl = None if implementation == "auto" else implementation
-    return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=bias_mask,
+                                        implementation=resolve_attn_impl(implementation, q.dtype))
 
 
 class SelfAttention(nn.Module):

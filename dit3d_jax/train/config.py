@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.name = "DiT3D-S/2"
     c.model.kwargs = ml_collections.ConfigDict(dict(
         num_frames=16, input_size=32, in_channels=4, text_dim=384, num_classes=1000,
-        learn_sigma=True, temporal_every=1, attn_impl="xla", scan_blocks=False, remat="none"))
+        learn_sigma=True, temporal_every=1, attn_impl="auto", scan_blocks=False, remat="none"))
     c.compute_dtype = "auto"
 
     c.objective = ml_collections.ConfigDict(dict(

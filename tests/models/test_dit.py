@@ -9,7 +9,7 @@ import torch
 from dit3d_jax.convert import convert_torch_state_dict
 from dit3d_jax.models import MODEL_NAMES, count_params, get_model, init_params
 from dit3d_jax.models.dit import SIZES
-from dit3d_jax.models.layers import sincos_2d, timestep_embedding
+from dit3d_jax.models.layers import resolve_attn_impl, sincos_2d, timestep_embedding
 from torch_reference import TorchDiT, randomize_, ref_pos_embed, ref_timestep
 
 # name, overrides (small input/classes keep it fast), batch
@@ -124,3 +124,22 @@ def test_bad_inputs_raise_one_clear_error():
         get_model("DiT-S/3")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['depht'\]"):
         get_model("DiT-S/2", depht=3)
+
+
+def test_auto_attention_is_cudnn_only_on_a_gpu_in_half_precision():
+    assert resolve_attn_impl("auto", jnp.bfloat16, backend="gpu") == "cudnn"
+    assert resolve_attn_impl("auto", jnp.float16, backend="gpu") == "cudnn"
+    assert resolve_attn_impl("auto", jnp.float32, backend="gpu") == "xla"
+    assert resolve_attn_impl("auto", jnp.bfloat16, backend="tpu") == "xla"
+    assert resolve_attn_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
+    assert resolve_attn_impl("cudnn", jnp.float32, backend="cpu") == "cudnn"  # as asked
+    with pytest.raises(ValueError, match="attn_impl: expected one of"):
+        resolve_attn_impl("flash", jnp.bfloat16)
+    # On this CPU "auto" is the XLA kernel: same numbers as attn_impl="xla".
+    model = get_model("DiT-S/8", depth=1, input_size=16, num_classes=5)
+    params = init_params(model, jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
+    x, t, y = jnp.ones((2, 16, 16, 4)), jnp.full((2,), 10.0), jnp.array([0, 1])
+    out = {impl: model.clone(attn_impl=impl).apply({"params": params}, x, t, y)
+           for impl in ("auto", "xla")}
+    np.testing.assert_array_equal(out["auto"], out["xla"])
