@@ -1,6 +1,8 @@
 """The cuDNN attention path (bf16) agrees with XLA attention in float32: run where a GPU exists.
 
-Skipped on CPU (CI); run it once on a lent GPU: `pytest tests/models/test_attention_gpu.py`.
+Skipped on CPU (CI). On a GPU, with the backend unpinned (tests/conftest.py defaults
+JAX_PLATFORMS to cpu), float32 matmuls at full precision for the other model tests' tolerances:
+`JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest python -m pytest tests/models`.
 """
 import jax
 import jax.flatten_util
