@@ -144,10 +144,7 @@ def jaxpr_matmul_flops(fn: Callable, *args, **kwargs) -> int:
     its length, custom_jvp/vjp)."""
     import jax
     import numpy as np
-    try:
-        from jax.extend.core import jaxprs_in_params
-    except ImportError:  # older jax
-        jaxprs_in_params = jax.core.jaxprs_in_params
+    from jax.extend.core import jaxprs_in_params
 
     def count(jaxpr, mult=1) -> int:
         total = 0
