@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit3d_jax.models.layers import (Dtype, LabelEmbedder, Mlp, PatchEmbed, SelfAttention,
-                                     TimestepEmbedder, ada_ln, dense, layer_norm, modulate,
-                                     sincos_2d, zeros)
+                                     TimestepEmbedder, ada_ln, dense, norm_modulate, sincos_2d,
+                                     zeros)
 
 
 class DiTBlock(nn.Module):
@@ -45,11 +45,11 @@ class DiTBlock(nn.Module):
 
     def mlp_branch(self, x: jax.Array, shift, scale, gate) -> jax.Array:
         """x + gate·MLP(modulate(LN(x))). x: (B, N, D)."""
-        return x + gate[:, None] * self.mlp(modulate(layer_norm(x), shift, scale))
+        return x + gate[:, None] * self.mlp(norm_modulate(x, shift, scale))
 
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
-        x = x + gate_msa[:, None] * self.attn(modulate(layer_norm(x), shift_msa, scale_msa))
+        x = x + gate_msa[:, None] * self.attn(norm_modulate(x, shift_msa, scale_msa))
         return self.mlp_branch(x, shift_mlp, scale_mlp, gate_mlp)
 
 
@@ -63,7 +63,7 @@ class FinalLayer(nn.Module):
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         mod = ada_ln(2, self.hidden_size, self.dtype, "adaLN_modulation_1")(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
-        x = modulate(layer_norm(x), shift, scale)
+        x = norm_modulate(x, shift, scale)
         return dense(self.out_features, self.dtype, ("embed", "out"), zeros, name="linear")(x)
 
 

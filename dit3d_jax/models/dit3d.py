@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from dit3d_jax.models.dit import DiT, DiTBlock
-from dit3d_jax.models.layers import (CrossAttention, SelfAttention, ada_ln, dense, layer_norm,
-                                     logical, modulate, sincos_1d, zeros)
+from dit3d_jax.models.layers import (CrossAttention, SelfAttention, ada_ln, dense, gelu_tanh,
+                                     logical, norm, norm_modulate, sincos_1d, zeros)
 
 
 def _gate_one_bias(key, shape, dtype=jnp.float32):
@@ -53,17 +53,17 @@ class DiT3DBlock(DiTBlock):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
         x = x.reshape(b, f * n, d)
         # Spatial attention: each frame's N tokens attend to each other.
-        h = modulate(layer_norm(x), shift_msa, scale_msa).reshape(b * f, n, d)
+        h = norm_modulate(x, shift_msa, scale_msa).reshape(b * f, n, d)
         x = x + gate_msa[:, None] * self.attn(h).reshape(b, f * n, d)
         if self.temporal:
             # Temporal attention: each token position attends across the F frames.
             shift, scale, gate = jnp.split(self.temporal_adaLN(nn.silu(c)), 3, axis=-1)
-            h = modulate(layer_norm(x), shift, scale).reshape(b, f, n, d)
+            h = norm_modulate(x, shift, scale).reshape(b, f, n, d)
             h = h + temporal_pos[None, :, None].astype(h.dtype)
             h = self.temporal_attn(h.transpose(0, 2, 1, 3).reshape(b * n, f, d))
             x = x + gate[:, None] * h.reshape(b, n, f, d).transpose(0, 2, 1, 3).reshape(b, f * n, d)
         if self.cross:
-            x = x + self.cross_attn(layer_norm(x), text, text_mask)
+            x = x + self.cross_attn(norm(x), text, text_mask)
         return self.mlp_branch(x, shift_mlp, scale_mlp, gate_mlp).reshape(b, f, n, d)
 
 
@@ -123,7 +123,7 @@ class DiT3D(DiT):
             text_mask = jnp.where(drop[:, None], null_mask[None], text_mask)
         weights = text_mask.astype(jnp.float32)[..., None]
         pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-        tokens = self.text_proj_fc2(nn.gelu(self.text_proj_fc1(text), approximate=True))
+        tokens = self.text_proj_fc2(gelu_tanh(self.text_proj_fc1(text)))
         return tokens, text_mask, self.text_pool(pooled)
 
     def check_text(self, text, text_mask, batch: int) -> None:
