@@ -9,9 +9,9 @@ AdamW lr 1e-4, wd 0, batch 256, EMA 0.9999, bf16 compute on accelerators.
 
 Memory: the blocks run under nn.scan with the "dots" remat policy. Each block keeps its Dense
 outputs and recomputes norms, modulation, GELU and the attention cores in the backward pass.
-With 32 clips per device (batch 256 on 8 devices) autodiff keeps 18.6 GiB of activations
-instead of 85.8 GiB, at +2.7% matmul work (docs/performance.md, "Train-step memory"). With
-≤ 16 clips per device, this turns it off:
+With 32 clips per device (batch 256 on 8 devices) autodiff keeps 18.2 GiB of activations
+instead of 50.5 GiB, at +2.7% matmul work (docs/performance.md, "Train-step memory"). On a device
+with room for the rest, this turns it off:
     --config.model.kwargs.scan_blocks=False --config.model.kwargs.remat=none
 
 Data: "random" (deterministic synthetic latents, labels and text embeddings) until a latent
