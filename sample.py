@@ -35,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--sampler", default=None,
                    help="ddpm or ddim (gaussian), euler or heun (flow); default: the config's")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=None,
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
     print(f"Sampling {len(names)} with {chosen['sampler']}, {chosen['steps']} steps, "
           f"CFG {chosen['cfg_scale']}", file=sys.stderr)
     x = generate(model, params, objective, prompts=prompts, labels=labels, num=args.num,
-                 seed=args.seed, encoder=text_encoder_for(config) if prompts else None, **chosen)
+                 seed=args.seed, encoder=text_encoder_for(config) if prompts else None,
+                 dtype=args.dtype, **chosen)
     video = x.ndim == 5
     scale = args.scale or max(1, 128 // x.shape[-2])
     x = x[..., :3]  # latents without a decoder: show the first three channels

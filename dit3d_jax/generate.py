@@ -21,6 +21,7 @@ from dit3d_jax.diffusion.flow import RectifiedFlow
 from dit3d_jax.diffusion.samplers import SAMPLERS
 from dit3d_jax.models import DiT3D
 from dit3d_jax.models.dit import DiT
+from dit3d_jax.train.step import compute_dtype
 
 
 def text_encoder_for(config: Optional[Any]):
@@ -68,12 +69,16 @@ def model_apply_fn(model: DiT):
 def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Sequence[str]] = None,
              labels: Optional[Sequence[int]] = None, num: int = 1, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 4.0, seed: int = 0, eta: float = 0.0,
-             encoder: Any = None, progress: bool = True) -> np.ndarray:
+             encoder: Any = None, progress: bool = True, dtype: str = "auto") -> np.ndarray:
     """`num` samples for each prompt / label (given together they pair up row by row).
 
+    dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
+    "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
+    and the sampler's state float32.
     Returns (N, F, H, W, C) for DiT3D or (N, H, W, C) for DiT, float32 in the data's range, with
     N = num · max(len(prompts), len(labels), 1), rows grouped by condition.
     """
+    model = model.clone(dtype=compute_dtype(dtype))
     n = max(len(prompts or ()), len(labels or ()), 1)
     cond = {}
     if labels:
