@@ -430,6 +430,17 @@ def resolve_precision(args, backend: str) -> tuple[str, str]:
     return dtype, resolve_attn_impl(args.attn_impl, dtype, backend)
 
 
+def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
+    """The PyTorch baseline's modes for this run: fp32, tf32 (CUDA) and bf16 autocast, plus
+    torch.compile of the mode matching JAX's dtype with --compile; none with --no-torch."""
+    if not args.torch:
+        return []
+    modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
+    if args.compile:
+        modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
+    return modes
+
+
 def flops_unit(peaks: dict) -> tuple[float, str]:
     """(scale, unit) for FLOP rates on this machine: TFLOP/s on accelerators, else GFLOP/s."""
     return (1e12, "TFLOP/s") if peaks["float32"]["flops_per_s"] > 1e12 else (1e9, "GFLOP/s")

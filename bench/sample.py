@@ -231,15 +231,6 @@ def resolve_cases(args, backend: str) -> list[dict]:
     return cases
 
 
-def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
-    if not args.torch:
-        return []
-    modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
-    if args.compile:
-        modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
-    return modes
-
-
 def main(argv=None) -> int:
     p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="samples (each guided: 2× rows per model call)")
@@ -263,7 +254,7 @@ def main(argv=None) -> int:
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        runs = common.run_case(SCRIPT, case, label, torch_modes(args, on_gpu, case["dtype"]),
+        runs = common.run_case(SCRIPT, case, label, common.torch_modes(args, on_gpu, case["dtype"]),
                                on_gpu)
         jax_s = runs[0].get("timing", {}).get("median_s")
         for run in runs:

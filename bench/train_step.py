@@ -220,15 +220,6 @@ WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
 # Driver
 # ---------------------------------------------------------------------------------------------
 
-def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
-    if not args.torch:
-        return []
-    modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
-    if args.compile:
-        modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
-    return modes
-
-
 def resolve_cases(args, backend: str) -> list[dict]:
     if args.model:
         video = args.model.startswith("DiT3D")
@@ -338,7 +329,7 @@ def main(argv=None) -> int:
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        raw = common.run_case(SCRIPT, case, label, torch_modes(args, on_gpu, case["dtype"]),
+        raw = common.run_case(SCRIPT, case, label, common.torch_modes(args, on_gpu, case["dtype"]),
                               on_gpu)
         jax_res = summarise(case, raw[0], peaks, None)
         runs = [jax_res] + [summarise(case, res, peaks, jax_res.get("ms_per_step"))

@@ -66,6 +66,17 @@ def default_data_dir() -> str:
         os.path.expanduser("~"), ".cache", "dit3d_jax", "tfds")
 
 
+def clip_features(frames: int, size: int, encoding: str, **extra) -> tfds.features.FeaturesDict:
+    """The features the clip builders here share: "video" uint8 (frames, size, size, 3) stored
+    with `encoding` ("zlib" | "bytes"), "caption" Text, "label" int32 scalar; then `extra`."""
+    return tfds.features.FeaturesDict({
+        "video": tfds.features.Tensor(shape=(frames, size, size, 3), dtype=np.uint8,
+                                      encoding=encoding),
+        "caption": tfds.features.Text(),
+        "label": tfds.features.Tensor(shape=(), dtype=np.int32),
+        **extra})
+
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: labels, captions, flips
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +300,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__.split("\n\n")[0],
-            features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(shape=(cfg.frames, cfg.size, cfg.size, 3),
-                                              dtype=np.uint8, encoding="zlib"),
-                "caption": tfds.features.Text(),
-                "label": tfds.features.Tensor(shape=(), dtype=np.int32),
-            }),
+            features=clip_features(cfg.frames, cfg.size, "zlib"),
             supervised_keys=None,
         )
 

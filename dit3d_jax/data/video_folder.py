@@ -37,7 +37,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from dit3d_jax.data.shapes import default_data_dir
+from dit3d_jax.data.shapes import clip_features, default_data_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".npy")
 CAPTIONS_FILE = "captions.jsonl"
@@ -192,13 +192,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Clips from a local video folder.",
-            features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(shape=(cfg.frames, cfg.size, cfg.size, 3),
-                                              dtype=np.uint8, encoding="bytes"),
-                "caption": tfds.features.Text(),
-                "label": tfds.features.Tensor(shape=(), dtype=np.int32),
-                "file": tfds.features.Text(),
-            }),
+            features=clip_features(cfg.frames, cfg.size, "bytes", file=tfds.features.Text()),
             metadata=tfds.core.MetadataDict(),
         )
 
