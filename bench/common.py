@@ -422,6 +422,19 @@ def start(script: str, parser, args, resolve_cases: Callable) -> Optional[tuple[
         parser.error(str(err))
 
 
+def model_frames(args) -> tuple[bool, int]:
+    """(video, frames) of the --model case: --frames, else 16 for a DiT3D (4 with --small) and 0
+    for an image DiT; a DiT3D needs ≥ 1 frame and an image DiT exactly 0 (ValueError)."""
+    video = args.model.startswith("DiT3D")
+    frames = args.frames if args.frames is not None else ((4 if args.small else 16)
+                                                          if video else 0)
+    if video and frames < 1:
+        raise ValueError(f"--frames: {args.model} needs a positive frame count, got {frames}")
+    if not video and frames:
+        raise ValueError(f"--frames: {args.model} is an image model; expected 0, got {frames}")
+    return video, frames
+
+
 def resolve_precision(args, backend: str) -> tuple[str, str]:
     """(JAX compute dtype, attention kernel) for --dtype/--attn-impl on `backend`: "auto" is
     bfloat16 on accelerators (float32 on CPU), and the models' own "auto" attention rule."""

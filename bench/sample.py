@@ -205,12 +205,7 @@ WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
 
 def resolve_cases(args, backend: str) -> list[dict]:
     if args.model:
-        video = args.model.startswith("DiT3D")
-        frames = args.frames if args.frames is not None else ((4 if args.small else 16)
-                                                              if video else 0)
-        if video != (frames > 0):
-            raise ValueError(f"--frames: {args.model} expects "
-                             f"{'a positive frame count' if video else '0'}, got {frames}")
+        video, frames = common.model_frames(args)
         cases = [dict(model=args.model, frames=frames,
                       batch=args.batch or (2 if args.small else (4 if video else 8)),
                       size=args.size or (16 if args.small and video else 32),

@@ -222,13 +222,7 @@ WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
 
 def resolve_cases(args, backend: str) -> list[dict]:
     if args.model:
-        video = args.model.startswith("DiT3D")
-        frames = args.frames if args.frames is not None else ((4 if args.small else 16)
-                                                              if video else 0)
-        if video and frames < 1:
-            raise ValueError(f"--frames: {args.model} needs a positive frame count, got {frames}")
-        if not video and frames:
-            raise ValueError(f"--frames: {args.model} is an image model; expected 0, got {frames}")
+        video, frames = common.model_frames(args)
         default_batch = (2 if video else 4) if args.small else (8 if video else 256)
         cases = [dict(model=args.model, batch=args.batch or default_batch, frames=frames,
                       size=args.size or (16 if args.small else 32), freeze=args.freeze,
