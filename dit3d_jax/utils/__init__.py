@@ -1,1 +1,1 @@
-"""Utilities: sample files (`video`), metrics and progress (`logging`)."""
+"""Utilities: sample files (`video`), metrics and progress (`logging`), entry-point errors (`cli`)."""
