@@ -1,4 +1,5 @@
-"""Data stack: tfds builders (moving shapes, local video folder), the grain pipeline, a detector.
+"""Data stack: tfds builders (moving shapes, local video folder, latent datasets written by
+encode_latents.py), the grain pipeline, a detector.
 
 Never imports dit3d_jax.models. Typical use:
 
@@ -10,6 +11,7 @@ Never imports dit3d_jax.models. Typical use:
 
 from __future__ import annotations
 
+from dit3d_jax.data.latents import LatentSource, write_latents
 from dit3d_jax.data.pipeline import LatentFolderSource, hflip_caption, make_iterator
 from dit3d_jax.data.shapes import (MovingShapes, MovingShapesConfig, captions, default_data_dir,
                                    render_video)
@@ -33,6 +35,6 @@ def get_builder(name: str, *, data_dir=None, prepare: bool = True, **kwargs):
     return builder
 
 
-__all__ = ["BUILDERS", "LatentFolderSource", "MovingShapes", "MovingShapesConfig", "VideoFolder",
-           "VideoFolderConfig", "captions", "default_data_dir", "get_builder", "hflip_caption",
-           "make_iterator", "render_video"]
+__all__ = ["BUILDERS", "LatentFolderSource", "LatentSource", "MovingShapes", "MovingShapesConfig",
+           "VideoFolder", "VideoFolderConfig", "captions", "default_data_dir", "get_builder", "hflip_caption",
+           "make_iterator", "render_video", "write_latents"]

@@ -12,6 +12,9 @@ everything random (order, flips) depends on the global stream index only, never 
 
 Each host batch is a dict (per docs/interfaces.md):
     "video"      float32 (B, F, H, W, 3) in [−1, 1]  (float sources pass through unscaled: latents)
+                 or, from a latent dataset (`LatentSource`), the scaled posterior instead:
+    "latent_mean", "latent_logvar"  float32 (B, F, h, w, c) (or (B, h, w, c)); the train step
+                 draws x0 = latent_mean + exp(latent_logvar / 2)·ε from its own rng
     "label"      int32 (B,)
     "caption"    str array (B,)                      (host only; drop it before device_put)
     "text_emb"   float32 (B, L, D), "text_mask" bool (B, L)   when a text encoder is given
@@ -19,7 +22,8 @@ The iterator is grain's: `next(it)`, `it.get_state()` (a small dict) and `it.set
 resume at the same example.
 
 Sources: a tfds builder (its `as_data_source(split)`), or any object with __len__ and
-__getitem__ returning {"video", "caption", "label"} (e.g. `LatentFolderSource`).
+__getitem__ returning {"video", "caption", "label"} (e.g. `LatentFolderSource`) or
+{"latent_mean", "latent_logvar", "caption", "label"} (`dit3d_jax.data.latents.LatentSource`).
 """
 
 from __future__ import annotations
@@ -55,9 +59,13 @@ def _text(value) -> str:
 # ---------------------------------------------------------------------------------------------
 
 class _Decode:
-    """{"video", "caption", "label", ...} -> {"video" float32 (F,H,W,C), "caption" str, "label"}."""
+    """{"video", "caption", "label", ...} -> {"video" float32 (F,H,W,C), "caption" str, "label"};
+    a latent posterior {"latent_mean", "latent_logvar", ...} (`LatentSource`) passes through."""
 
     def __call__(self, ex: dict) -> dict:
+        if "latent_mean" in ex:
+            return {"latent_mean": ex["latent_mean"], "latent_logvar": ex["latent_logvar"],
+                    "caption": _text(ex["caption"]), "label": np.int32(ex["label"])}
         video = np.asarray(ex["video"])
         if video.ndim != 4:
             raise ValueError(f"video: expected (F, H, W, C) per example, got shape {video.shape}")
@@ -85,8 +93,9 @@ class _HFlip:
 
 
 def _batch(elements) -> dict:
-    return {"video": np.stack([e["video"] for e in elements]),
-            "label": np.asarray([e["label"] for e in elements], np.int32),
+    out = {k: np.stack([e[k] for e in elements]) for k in elements[0]
+           if k not in ("label", "caption")}
+    return {**out, "label": np.asarray([e["label"] for e in elements], np.int32),
             "caption": np.asarray([e["caption"] for e in elements], dtype=str)}
 
 
@@ -203,6 +212,9 @@ def make_iterator(builder_or_source, *, split: str = "train", global_batch_size:
         ds = ds.shuffle(seed=int(seed))
     ds = ds.repeat(num_epochs).map(_Decode())
     if augment:
+        if isinstance(source[0], dict) and "latent_mean" in source[0]:
+            raise ValueError("augment: expected False for a latent dataset (a flip of the "
+                             "latents is not the latents of the flipped video), got True")
         missing = sorted({hflip_caption(c) for c in table} - set(table))
         if missing:
             raise ValueError(f"augment: expected every flipped caption of split {split!r} to be "

@@ -10,7 +10,10 @@ Data sources (config.data.name):
     "random"         synthetic, deterministic (`RandomSource`): benchmarks and tests, no data wheels
     "moving_shapes"  the captioned moving-shapes tfds dataset (config.data.config: "tiny"|"default")
     "video_folder"   a folder of videos (config.data.path), clips of the model's frames and size
-    "latent_folder"  pre-extracted latents as .npy files (config.data.path), `LatentFolderSource`
+    "latents"        a latent dataset written by encode_latents.py (config.data.path): the VAE
+                     posterior per example; the step draws a fresh latent from it every step
+    "latent_folder"  already-sampled, scaled latents as .npy files (config.data.path) made by
+                     another tool, `LatentFolderSource` (one fixed latent per clip)
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ from dit3d_jax.train.state import TrainState, create_train_state
 from dit3d_jax.train.step import METRICS, make_train_step
 from dit3d_jax.utils.logging import MetricsWriter, ProgressBar, quiet_library_logs
 
-DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latent_folder")
+DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latents", "latent_folder")
+ENCODE_COMMAND = ("python encode_latents.py --data video_folder --data-path VIDEOS --vae VAE_DIR "
+                  "--output LATENTS")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,21 +163,13 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
                             process_index=process_index, process_count=process_count)
 
     from dit3d_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-    if not isinstance(model, DiT3D):
+    if data.name != "latents" and not isinstance(model, DiT3D):
         raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
-                         f"{config.model.name!r} is an image DiT; use data.name='random'")
-    encoder = None
-    if data.text_encoder:
-        from dit3d_jax.models.text import get_text_encoder  # pylint: disable=import-outside-toplevel
-        encoder = get_text_encoder(data.text_encoder, max_length=data.text_max_length)
-        if encoder.dim != text_dim:
-            raise ValueError(f"model.kwargs.text_dim: expected {encoder.dim} (the dimension of "
-                             f"data.text_encoder={data.text_encoder!r}), got {text_dim}")
-    elif text_dim:
-        logging.warning("data.text_encoder is empty but the model has text_dim=%d: it will only "
-                        "ever see the null caption", text_dim)
-
-    if data.name == "latent_folder":
+                         f"{config.model.name!r} is an image DiT; use data.name='latents' or "
+                         f"'random'")
+    if data.name == "latents":
+        source = latent_source(data.path, key, shape)
+    elif data.name == "latent_folder":
         source = data_lib.LatentFolderSource(data.path)
     else:
         kwargs = (dict(config=data.config) if data.name == "moving_shapes" else
@@ -185,15 +182,47 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
             multihost_utils.sync_global_devices("dataset prepared")
         if process_index != 0:
             source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
+
+    encoder = None
+    if data.text_encoder:
+        from dit3d_jax.models.text import get_text_encoder  # pylint: disable=import-outside-toplevel
+        encoder = get_text_encoder(data.text_encoder, max_length=data.text_max_length)
+        if encoder.dim != text_dim:
+            raise ValueError(f"model.kwargs.text_dim: expected {encoder.dim} (the dimension of "
+                             f"data.text_encoder={data.text_encoder!r}), got {text_dim}")
+    elif text_dim:
+        logging.warning("data.text_encoder is empty but the model has text_dim=%d: it will only "
+                        "ever see the null caption", text_dim)
     return data_lib.make_iterator(
         source, split="train", global_batch_size=data.global_batch_size, seed=data.seed,
         process_index=process_index, process_count=process_count,
         worker_count=data.worker_count, augment=data.augment, text_encoder=encoder)
 
 
+def latent_source(path: str, key: str, shape: tuple[int, ...]):
+    """The train split of the latent dataset at `path` (data.name="latents"), checked against
+    the model's example `shape`; a missing path or a dataset of another shape is one
+    ValueError / FileNotFoundError naming encode_latents.py."""
+    if not path:
+        raise ValueError(f"data.path: expected a latent dataset directory for "
+                         f"data.name='latents', got none; write one with `{ENCODE_COMMAND}` and "
+                         f"pass --config.data.path=LATENTS")
+    from dit3d_jax.data.latents import LatentSource  # pylint: disable=import-outside-toplevel
+    source = LatentSource(path, split="train")
+    if source.shape != shape:
+        what = "(F, h, w, c)" if key == "video" else "(h, w, c)"
+        raise ValueError(f"data.path: expected latents of shape {shape} {what} for the model "
+                         f"(model.kwargs num_frames/input_size/in_channels), got "
+                         f"{source.shape} in {path!r}; encode with the model's frames and "
+                         f"size x the VAE's downsampling, or set model.kwargs to match")
+    return source
+
+
 def check_batch(batch: dict, model: DiT, config) -> None:
     """Raises ValueError when a host batch does not fit the model (first batch only)."""
     key, shape = example_shape(model)
+    if "latent_mean" in batch:
+        key = "latent_mean"
     local = config.data.global_batch_size // jax.process_count()
     want = (local, *shape)
     got = getattr(batch.get(key), "shape", None)

@@ -5,6 +5,8 @@
 
 What happens inside, in order:
  1. keys: the state's key folded with the step number, split for timesteps, noise and CFG dropout;
+    with a latent batch ("latent_mean", "latent_logvar"), x0 is drawn from that posterior with
+    a key of its own stream (the state's key folded with LATENT_STREAM, then the step);
  2. timesteps: from the importance sampler with weights 1/(T·p_t) when importance.enabled, else
     drawn by the objective itself (uniform, or logit-normal for flow) with weights 1;
  3. forward/backward in the compute dtype (the model cloned with dtype=bf16 when configured;
@@ -35,6 +37,7 @@ from dit3d_jax.train.sharding import batch_sharding, replicated
 from dit3d_jax.train.state import TrainState, build_optimizer
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LATENT_STREAM = 0x1A7E47  # folded into the state's key for the per-step latent draws
 METRICS = ("loss", "mse", "vb", "grad_norm", "lr", "skipped")
 
 
@@ -48,9 +51,24 @@ def compute_dtype(name: str) -> Any:
     return COMPUTE_DTYPES[name]
 
 
-def model_inputs(model: DiT, batch: dict) -> tuple[jax.Array, dict]:
-    """(x0, cond) from a batch: x0 = "video" (or "image"); cond holds y / text / text_mask for
-    the conditioning the model has."""
+def draw_latents(batch: dict, key: jax.Array) -> jax.Array:
+    """x0 = latent_mean + exp(latent_logvar / 2)·ε, ε ~ N(0, I) from `key`: a fresh sample of
+    the (scaled) VAE posterior a latent dataset stores, (B, ...) float32."""
+    mean = batch["latent_mean"].astype(jnp.float32)
+    std = jnp.exp(0.5 * batch["latent_logvar"].astype(jnp.float32))
+    return mean + std * jax.random.normal(key, mean.shape, jnp.float32)
+
+
+def model_inputs(model: DiT, batch: dict, key: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict]:
+    """(x0, cond) from a batch: x0 = "video" (or "image"), or a draw from the posterior
+    "latent_mean"/"latent_logvar" with `key` (`draw_latents`); cond holds y / text / text_mask
+    for the conditioning the model has."""
+    if "latent_mean" in batch:
+        if key is None:
+            raise ValueError("key: expected a PRNG key to draw x0 from batch['latent_mean'] / "
+                             "['latent_logvar'], got None")
+        return draw_latents(batch, key), _conditioning(model, batch)
     key = "video" if isinstance(model, DiT3D) else "image"
     if key not in batch:
         other = "image" if key == "video" else "video"
@@ -58,6 +76,10 @@ def model_inputs(model: DiT, batch: dict) -> tuple[jax.Array, dict]:
             raise ValueError(f"batch: expected a {key!r} entry for {type(model).__name__}, got "
                              f"keys {sorted(batch)}")
         key = other
+    return batch[key], _conditioning(model, batch)
+
+
+def _conditioning(model: DiT, batch: dict) -> dict:
     cond = {}
     if model.num_classes > 0 and "label" in batch:
         cond["y"] = batch["label"]
@@ -65,7 +87,7 @@ def model_inputs(model: DiT, batch: dict) -> tuple[jax.Array, dict]:
         cond["text"] = batch["text_emb"]
         if "text_mask" in batch:
             cond["text_mask"] = batch["text_mask"]
-    return batch[key], cond
+    return cond
 
 
 def _select(ok: jax.Array, new: Any, old: Any) -> Any:
@@ -84,7 +106,9 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
     uniform_prob = float(config.importance.uniform_prob)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        x0, cond = model_inputs(model, batch)
+        # A stream of its own for the latent draw, so the other keys stay as they were.
+        key_z = jax.random.fold_in(jax.random.fold_in(state.rng, LATENT_STREAM), state.step)
+        x0, cond = model_inputs(model, batch, key_z)
         key = jax.random.fold_in(state.rng, state.step)
         key_t, key_loss, key_drop = jax.random.split(key, 3)
         if use_importance:
