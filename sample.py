@@ -7,6 +7,10 @@
 Loads a train.py workdir (EMA params unless --no-ema) or a convert_torch_weights.py output, draws
 `--num` samples per prompt/label with batched classifier-free guidance, and writes OUT.gif and
 OUT.mp4 (a captioned grid video) and OUT.png (every frame of every sample; images: one grid).
+Latent models decode through the VAE (--vae DIR, a convert_torch_weights.py --vae output, or
+the one the run's latent dataset recorded), --decode-chunk frames at a time:
+
+    python sample.py --checkpoint runs/dit_xl2 --vae runs/sd_vae --label 207 --label 360
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ def parse_args(argv):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
+    p.add_argument("--vae", default=None, help="convert_torch_weights.py --vae output that "
+                   "decodes the latents (default: the one the run's latent dataset recorded)")
+    p.add_argument("--decode-chunk", type=int, default=8, help="frames the VAE decodes at once")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=None,
                    help="integer upscaling of the written grid (default: tiles ≥ 128 px wide)")
@@ -101,6 +108,43 @@ def settings(args, model, config):
     return chosen, objective
 
 
+def load_decoder(args, model, config):
+    """-> (vae, params) decoding the model's latents, or None (the samples are pixels): --vae,
+    else the VAE the run's latent dataset recorded. Raises UsageError when it does not fit."""
+    path = args.vae
+    if path is None and config is not None and config.data.name == "latents":
+        from dit3d_jax.data.latents import read_metadata
+        try:
+            path = read_metadata(config.data.path).get("vae")
+        except FileNotFoundError:
+            path = None
+    if path is None:
+        return None
+    from dit3d_jax.models.vae import load_vae
+    try:
+        vae, params = load_vae(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--vae {path!r}: {err}") from None
+    if vae.latent_channels != model.in_channels:
+        raise UsageError(f"--vae {path!r}: expected a VAE with {model.in_channels} latent "
+                         f"channels (the model's), got {vae.latent_channels}")
+    if args.decode_chunk < 1:
+        raise UsageError(f"--decode-chunk {args.decode_chunk}: expected at least 1")
+    return vae, params
+
+
+def decode(decoder, x):
+    """Scaled latents (N, [F,] h, w, c) -> pixels (N, [F,] f·h, f·w, 3) through the VAE, at most
+    --decode-chunk frames at a time."""
+    import numpy as np
+
+    from dit3d_jax.models.vae import decode_video
+    (vae, params), chunk = decoder
+    video = x if x.ndim == 5 else x[:, None]
+    frames = np.asarray(decode_video(vae, params, video, chunk=chunk))
+    return frames if x.ndim == 5 else frames[:, 0]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -113,6 +157,7 @@ def main(argv=None) -> int:
         model, params, config = load(args)
         names, prompts, labels = conditions(args, model, config)
         chosen, objective = settings(args, model, config)
+        decoder = load_decoder(args, model, config)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -125,8 +170,11 @@ def main(argv=None) -> int:
                  seed=args.seed, encoder=text_encoder_for(config) if prompts else None,
                  dtype=args.dtype, **chosen)
     video = x.ndim == 5
-    scale = args.scale or max(1, 128 // x.shape[-2])
+    if decoder is not None:
+        print(f"Decoding through the VAE, {args.decode_chunk} frames at a time", file=sys.stderr)
+        x = decode((decoder, args.decode_chunk), x)
     x = x[..., :3]  # latents without a decoder: show the first three channels
+    scale = args.scale or max(1, 128 // x.shape[-2])
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     written = []
     if video:

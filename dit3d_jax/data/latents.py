@@ -25,6 +25,7 @@ run leaves at most that incomplete.* folder, which is never read and which the n
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -179,3 +180,13 @@ class LatentSource:
     def caption_labels(self, split: str | None = None) -> dict[str, int]:
         del split
         return dict(self._labels)
+
+
+def read_metadata(path) -> dict:
+    """The metadata a finished latent dataset at `path` stores (scaling_factor, vae, source,
+    caption_labels), read without tfds; FileNotFoundError when there is none."""
+    file = os.path.join(variant_dir(path), "metadata.json")
+    if not is_complete(path) or not os.path.isfile(file):
+        raise FileNotFoundError(f"data.path: no finished latent dataset in {os.fspath(path)!r}")
+    with open(file, encoding="utf-8") as fh:
+        return json.load(fh)
