@@ -149,8 +149,7 @@ class LatentSource:
     def __init__(self, path, split: str = "train"):
         path = os.fspath(path)
         if not is_complete(path):
-            hint = (" (an interrupted encode left only an incomplete.* folder: run "
-                    "encode_latents.py again)" if os.path.isdir(os.path.join(
+            hint = (" (an encode into it did not finish: run encode_latents.py again)" if os.path.isdir(os.path.join(
                         os.path.abspath(path), NAME, CONFIG)) else "")
             raise FileNotFoundError(
                 f"data.path: expected a latent dataset written by encode_latents.py --output "

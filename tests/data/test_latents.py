@@ -72,7 +72,7 @@ def test_interrupted_write_leaves_nothing_complete_and_a_rerun_finishes(tmp_path
     stale = os.path.join(os.path.dirname(variant_dir(out)), "incomplete.ABC123_1.0.0")
     os.makedirs(stale)
     open(os.path.join(stale, "latents-train.array_record-00000-of-00001"), "wb").close()
-    with pytest.raises(FileNotFoundError, match="interrupted encode"):
+    with pytest.raises(FileNotFoundError, match="did not finish"):
         LatentSource(out)
     write_latents(out, {"train": _examples(5)}, shape=SHAPE, metadata=META)
     assert is_complete(out) and not os.path.exists(stale)

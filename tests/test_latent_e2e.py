@@ -1,0 +1,174 @@
+"""End to end on CPU, tiny: a folder of mp4s -> encode_latents.py (tiny VAE) -> train a few
+steps from an inflated converted PyTorch DiT with the backbone frozen -> resume -> sample.py
+decodes through the VAE -> an MP4 of the right shape. And the bad inputs on that path."""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dit3d_jax.data.latents import LatentSource, is_complete  # noqa: E402
+from dit3d_jax.models.export import load_exported  # noqa: E402
+from dit3d_jax.models.vae import AutoencoderKL, save_vae  # noqa: E402
+from dit3d_jax.train.config import load_config_file  # noqa: E402
+from dit3d_jax.train.loop import (make_data_iterator, model_from_config,  # noqa: E402
+                                  train_and_evaluate)
+from dit3d_jax.utils.cli import run  # noqa: E402
+from torch_reference import TorchDiT, randomize_  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import convert_torch_weights  # noqa: E402
+import encode_latents  # noqa: E402
+import sample  # noqa: E402
+
+FRAMES, SIZE = 4, 16  # pixels; the tiny VAE halves them: latents (4, 8, 8, 4)
+
+
+def tiny_vae():
+    """The tiny VAE of TEAM.md with random non-zero weights (NumPy: no init to compile)."""
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    shapes = jax.eval_shape(lambda: vae.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3))))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: rng.normal(0.0, 0.2, s.shape).astype(np.float32), shapes["params"])
+    return vae, params
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The three inputs of the README's recipe, tiny: videos, a VAE, a PyTorch DiT."""
+    root = tmp_path_factory.mktemp("e2e")
+    videos = root / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        iio.imwrite(videos / f"v{i}.mp4", rng.integers(0, 256, (6, 20, 24, 3), dtype=np.uint8),
+                    fps=4)
+        (videos / f"v{i}.txt").write_text(f"clip {i % 2}")
+    save_vae(str(root / "vae"), *tiny_vae())
+    dit = randomize_(TorchDiT(input_size=8, patch_size=4, hidden_size=384, depth=1, num_heads=6,
+                              num_classes=4, learn_sigma=True), seed=1)
+    torch.save({"ema": dit.state_dict()}, root / "dit.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def latents(files):
+    out = files / "latents"
+    assert run(encode_latents.main, [
+        "--data", "video_folder", "--data-path", str(files / "videos"), "--vae",
+        str(files / "vae"), "--output", str(out), "--frames", str(FRAMES), "--size", str(SIZE),
+        "--data-dir", str(files / "tfds"), "--batch-size", "2"]) == 0
+    return out
+
+
+def _config(files, latents, workdir_steps):
+    return load_config_file(str(ROOT / "configs" / "tiny.py"), {
+        "model.name": "DiT3D-S/4", "model.kwargs.hidden_size": 384, "model.kwargs.depth": 1,
+        "model.kwargs.num_heads": 6, "model.kwargs.num_frames": FRAMES,
+        "model.kwargs.input_size": SIZE // 2, "model.kwargs.text_dim": 0,
+        "model.kwargs.num_classes": 4, "data.name": "latents", "data.path": str(latents),
+        "data.global_batch_size": 2, "init_from": str(files / "dit3d_init"),
+        "optim.freeze": "backbone", "train.num_steps": workdir_steps,
+        "train.checkpoint_every": 1, "train.keep_checkpoints": 3, "train.log_every": 1,
+        "sample.steps": 2})
+
+
+def test_videos_to_trained_dit3d_to_decoded_mp4(files, latents, tmp_path):
+    src = LatentSource(latents)
+    assert len(src) == 3 and src.shape == (FRAMES, SIZE // 2, SIZE // 2, 4)
+    assert src.caption_labels() == {"clip 0": 0, "clip 1": 1}
+    assert src.metadata["vae"] == str(files / "vae")
+
+    assert run(convert_torch_weights.main, [
+        "--checkpoint", str(files / "dit.pt"), "--inflate-to", "DiT3D-S/4", "--num-frames",
+        str(FRAMES), "--text-dim", "0", "--output", str(files / "dit3d_init")]) == 0
+    _, converted = load_exported(str(files / "dit3d_init"))
+
+    workdir = tmp_path / "run"
+    state = train_and_evaluate(_config(files, latents, 2), str(workdir))
+    params = jax.device_get(state.params)
+    # frozen backbone: the converted DiT weights are untouched, the video layers trained
+    np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["kernel"],
+                                  converted["blocks_0"]["attn"]["qkv"]["kernel"])
+    assert not np.array_equal(params["blocks_0"]["temporal_attn"]["qkv"]["kernel"],
+                              converted["blocks_0"]["temporal_attn"]["qkv"]["kernel"])
+
+    # resume: step 2 again from the step-1 checkpoint gives the same params, bit for bit
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    resumed = jax.device_get(train_and_evaluate(_config(files, latents, 2), str(workdir)).params)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+    out = tmp_path / "samples.mp4"
+    assert sample.main(["--workdir", str(workdir), "--label", "1", "--steps", "2",
+                        "--scale", "1", "--out", str(out)]) == 0
+    video = iio.imread(out, index=None, plugin="FFMPEG")
+    assert video.shape[0] == FRAMES
+    # the frames strip: 1 sample x 4 frames of decoded SIZE x SIZE pixels (latents are 8 x 8)
+    png = iio.imread(out.with_suffix(".png"))
+    assert png.shape == (SIZE + 4, FRAMES * (SIZE + 2) + 2, 3)
+
+
+def test_latents_of_the_wrong_shape_or_no_path_are_one_error(latents, files):
+    config = _config(files, latents, 1)
+    with config.unlocked():
+        config.model.kwargs.num_frames = 2
+    with pytest.raises(ValueError, match=r"expected latents of shape \(2, 8, 8, 4\).*got "
+                                         r"\(4, 8, 8, 4\)"):
+        make_data_iterator(config, model_from_config(config), process_index=0, process_count=1)
+    full = load_config_file(str(ROOT / "configs" / "dit3d_s2.py"))
+    with pytest.raises(ValueError, match="data.path: .*python encode_latents.py --data "
+                                         "video_folder"):
+        make_data_iterator(full, model_from_config(full), process_index=0, process_count=1)
+    assert load_config_file(str(ROOT / "configs" / "dit3d_s2.py:benchmark")).data.name == "random"
+    assert load_config_file(str(ROOT / "configs" / "dit_s2.py")).data.name == "latents"
+
+
+def test_interrupted_encode_leaves_no_dataset_and_training_says_so(files, latents, tmp_path,
+                                                                   monkeypatch, capsys):
+    real = encode_latents.encoded_examples
+
+    def interrupted(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(encode_latents, "encoded_examples", interrupted)
+    out = tmp_path / "latents"
+    argv = ["--data", "video_folder", "--data-path", str(files / "videos"), "--vae",
+            str(files / "vae"), "--output", str(out), "--frames", str(FRAMES), "--size",
+            str(SIZE), "--data-dir", str(files / "tfds")]
+    with pytest.raises(KeyboardInterrupt):
+        encode_latents.main(argv)
+    assert not is_complete(out)
+    with pytest.raises(FileNotFoundError, match="did not finish: run encode_latents.py again"):
+        LatentSource(out)
+    monkeypatch.setattr(encode_latents, "encoded_examples", real)
+    assert run(encode_latents.main, argv) == 0 and len(LatentSource(out)) == 3
+
+    # bad arguments: one line each, nothing written
+    capsys.readouterr()
+    for bad, message in [
+            (["--output", str(latents)], "already holds a complete latent dataset"),
+            (["--vae", str(files / "dit3d_init")], "has no vae.json"),
+            (["--data-path", str(tmp_path / "none")], "expected a directory of videos"),
+            (["--size", "15"], "expected a multiple of the VAE's downsampling factor 2")]:
+        args = argv[:]
+        flag = bad[0]
+        args[args.index(flag) + 1] = bad[1]
+        if flag != "--output":
+            args[args.index("--output") + 1] = str(tmp_path / "unwritten")
+        assert run(encode_latents.main, args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not os.path.exists(tmp_path / "unwritten")
