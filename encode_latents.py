@@ -17,6 +17,7 @@ looks complete; running the same command again starts it over.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -103,28 +104,41 @@ class _TfdsSplit:
         return dict(self._labels)
 
 
-def make_encoder(vae, params):
-    """jitted uint8 pixels (B, [F,] H, W, 3), B split over this host's devices -> (mean,
-    logvar) float32 (B, [F,] h, w, c), each row encoded on the device that holds it."""
-    import jax
+def _encode(vae, params, pixels):
+    """uint8 pixels (B, [F,] H, W, 3) -> posterior (mean, logvar) float32 (B, [F,] h, w, c)."""
     import jax.numpy as jnp
+
+    from dit3d_jax.models.vae import AutoencoderKL
+    x = pixels.astype(jnp.float32) / 127.5 - 1.0
+    lead = x.shape[:-3]
+    flat = x.reshape((-1,) + x.shape[-3:])   # frames folded into the batch
+    mean, logvar = vae.apply({"params": params}, flat, method=AutoencoderKL.encode)
+    return mean.reshape(lead + mean.shape[1:]), logvar.reshape(lead + logvar.shape[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_encode():
+    import jax
+    return jax.jit(_encode, static_argnums=0)   # outputs keep the rows' sharding
+
+
+def make_encoder(vae, params):
+    """-> (encode(uint8 pixels (B, [F,] H, W, 3)) -> (mean, logvar) numpy float32, number of
+    devices). The rows of B are split over this host's devices, each encoding its own (jitted;
+    params replicated; one compilation per VAE and batch shape in a process)."""
+    import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from dit3d_jax.models.vae import AutoencoderKL
-
     mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
     rows = NamedSharding(mesh, PartitionSpec("data"))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
 
     def encode(pixels):
-        x = pixels.astype(jnp.float32) / 127.5 - 1.0
-        lead = x.shape[:-3]
-        flat = x.reshape((-1,) + x.shape[-3:])   # frames folded into the batch
-        mean, logvar = vae.apply({"params": params}, flat, method=AutoencoderKL.encode)
-        return mean.reshape(lead + mean.shape[1:]), logvar.reshape(lead + logvar.shape[1:])
+        mean, logvar = _jitted_encode()(vae, params, jax.device_put(pixels, rows))
+        return np.asarray(mean), np.asarray(logvar)
 
-    fn = jax.jit(encode, in_shardings=rows, out_shardings=(rows, rows))
-    return fn, rows, len(mesh.devices)
+    return encode, len(mesh.devices)
 
 
 def encoded_examples(source, key: str, split: str, encode, batch: int, bar):
@@ -138,7 +152,7 @@ def encoded_examples(source, key: str, split: str, encode, batch: int, bar):
         pad = batch - len(items)
         if pad:
             pixels = np.concatenate([pixels, np.zeros((pad,) + pixels.shape[1:], pixels.dtype)])
-        mean, logvar = (np.asarray(a) for a in encode(pixels))
+        mean, logvar = encode(pixels)
         for j, it in enumerate(items):
             caption = it["caption"]
             caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
@@ -171,7 +185,7 @@ def main(argv) -> int:
 
     from dit3d_jax.data.latents import write_latents
 
-    encode, _, devices = make_encoder(vae, params)
+    encode, devices = make_encoder(vae, params)
     batch = args.batch_size or devices
     if batch < 1 or batch % devices:
         raise UsageError(f"--batch-size {args.batch_size}: expected a positive multiple of the "

@@ -60,13 +60,43 @@ def files(tmp_path_factory):
     return root
 
 
+def _encode_argv(files, out):
+    return ["--data", "video_folder", "--data-path", str(files / "videos"), "--vae",
+            str(files / "vae"), "--output", str(out), "--frames", str(FRAMES), "--size",
+            str(SIZE), "--data-dir", str(files / "tfds"), "--batch-size", "2"]
+
+
 @pytest.fixture(scope="module")
 def latents(files):
+    """Encoded twice into the same folder: first interrupted after two clips (nothing that
+    looks complete is left, and reading it says so), then to the end."""
     out = files / "latents"
-    assert run(encode_latents.main, [
-        "--data", "video_folder", "--data-path", str(files / "videos"), "--vae",
-        str(files / "vae"), "--output", str(out), "--frames", str(FRAMES), "--size", str(SIZE),
-        "--data-dir", str(files / "tfds"), "--batch-size", "2"]) == 0
+    real = encode_latents.encoded_examples
+
+    def interrupted(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encode_latents, "encoded_examples", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            encode_latents.main(_encode_argv(files, out))
+    assert not is_complete(out)
+    with pytest.raises(FileNotFoundError, match="did not finish: run encode_latents.py again"):
+        LatentSource(out)
+    assert run(encode_latents.main, _encode_argv(files, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def init_dir(files):
+    """The PyTorch DiT converted and inflated into a DiT3D (convert_torch_weights.py)."""
+    out = files / "dit3d_init"
+    assert run(convert_torch_weights.main, [
+        "--checkpoint", str(files / "dit.pt"), "--inflate-to", "DiT3D-S/4", "--num-frames",
+        str(FRAMES), "--text-dim", "0", "--output", str(out)]) == 0
     return out
 
 
@@ -82,16 +112,13 @@ def _config(files, latents, workdir_steps):
         "sample.steps": 2})
 
 
-def test_videos_to_trained_dit3d_to_decoded_mp4(files, latents, tmp_path):
+def test_videos_to_trained_dit3d_to_decoded_mp4(files, latents, init_dir, tmp_path):
     src = LatentSource(latents)
     assert len(src) == 3 and src.shape == (FRAMES, SIZE // 2, SIZE // 2, 4)
     assert src.caption_labels() == {"clip 0": 0, "clip 1": 1}
     assert src.metadata["vae"] == str(files / "vae")
 
-    assert run(convert_torch_weights.main, [
-        "--checkpoint", str(files / "dit.pt"), "--inflate-to", "DiT3D-S/4", "--num-frames",
-        str(FRAMES), "--text-dim", "0", "--output", str(files / "dit3d_init")]) == 0
-    _, converted = load_exported(str(files / "dit3d_init"))
+    _, converted = load_exported(str(init_dir))
 
     workdir = tmp_path / "run"
     state = train_and_evaluate(_config(files, latents, 2), str(workdir))
@@ -133,42 +160,17 @@ def test_latents_of_the_wrong_shape_or_no_path_are_one_error(latents, files):
     assert load_config_file(str(ROOT / "configs" / "dit_s2.py")).data.name == "latents"
 
 
-def test_interrupted_encode_leaves_no_dataset_and_training_says_so(files, latents, tmp_path,
-                                                                   monkeypatch, capsys):
-    real = encode_latents.encoded_examples
-
-    def interrupted(*args, **kwargs):
-        for n, item in enumerate(real(*args, **kwargs)):
-            if n == 2:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(encode_latents, "encoded_examples", interrupted)
-    out = tmp_path / "latents"
-    argv = ["--data", "video_folder", "--data-path", str(files / "videos"), "--vae",
-            str(files / "vae"), "--output", str(out), "--frames", str(FRAMES), "--size",
-            str(SIZE), "--data-dir", str(files / "tfds")]
-    with pytest.raises(KeyboardInterrupt):
-        encode_latents.main(argv)
-    assert not is_complete(out)
-    with pytest.raises(FileNotFoundError, match="did not finish: run encode_latents.py again"):
-        LatentSource(out)
-    monkeypatch.setattr(encode_latents, "encoded_examples", real)
-    assert run(encode_latents.main, argv) == 0 and len(LatentSource(out)) == 3
-
-    # bad arguments: one line each, nothing written
-    capsys.readouterr()
-    for bad, message in [
-            (["--output", str(latents)], "already holds a complete latent dataset"),
-            (["--vae", str(files / "dit3d_init")], "has no vae.json"),
-            (["--data-path", str(tmp_path / "none")], "expected a directory of videos"),
-            (["--size", "15"], "expected a multiple of the VAE's downsampling factor 2")]:
-        args = argv[:]
-        flag = bad[0]
-        args[args.index(flag) + 1] = bad[1]
-        if flag != "--output":
-            args[args.index("--output") + 1] = str(tmp_path / "unwritten")
-        assert run(encode_latents.main, args) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+@pytest.mark.parametrize("flag,value,message", [
+    ("--output", None, "already holds a complete latent dataset"),
+    ("--vae", "dit3d_init", "has no vae.json"),
+    ("--data-path", "none", "expected a directory of videos"),
+    ("--size", "15", "expected a multiple of the VAE's downsampling factor 2")])
+def test_bad_encode_arguments_are_one_line_and_write_nothing(files, latents, init_dir, tmp_path,
+                                                             capsys, flag, value, message):
+    argv = _encode_argv(files, tmp_path / "unwritten")
+    argv[argv.index(flag) + 1] = (str(latents) if value is None else
+                                  value if flag == "--size" else str(files / value))
+    assert run(encode_latents.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not os.path.exists(tmp_path / "unwritten")
