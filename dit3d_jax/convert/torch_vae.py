@@ -146,9 +146,10 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
         return "diffusers"
     if any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys):
         return "ldm"
-    if "x_embedder.proj.weight" in state_dict or any(k.startswith("blocks.") for k in keys):
-        raise ValueError("this is a DiT checkpoint (x_embedder.*, blocks.*), not VAE weights; "
-                         "convert it with --checkpoint")
+    if ("x_embedder.proj.weight" in state_dict or any(k.startswith("blocks.") for k in keys)
+            or {"ema", "model"} & set(keys)):
+        raise ValueError("this is a DiT checkpoint (x_embedder.*/blocks.* keys, or a training "
+                         "dict with 'ema'/'model'), not VAE weights; convert it with --checkpoint")
     raise ValueError(f"not SD VAE weights: expected keys encoder.down_blocks.* (diffusers) or "
                      f"encoder.down.* (LDM, also under first_stage_model.*), got {len(keys)} "
                      f"keys such as {keys[:5]}")
