@@ -38,14 +38,16 @@ def torch_vae(**config) -> TorchAutoencoderKL:
 
 def ldm_name(key: str, levels: int) -> str:
     """A diffusers AutoencoderKL key -> its name in the CompVis/LDM VAE (first_stage_model)."""
-    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", key)
+    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.",
+                 key)
     key = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.",
                  key)
     key = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
                  lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.{m.group(2)}.", key)
     key = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
                  lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.", key)
-    key = re.sub(r"mid_block\.resnets\.([01])\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", key)
+    key = re.sub(r"mid_block\.resnets\.([01])\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.",
+                 key)
     for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
                      ("to_out.0", "proj_out")):
         key = key.replace(f"mid_block.attentions.0.{new}.", f"mid.attn_1.{old}.")
@@ -66,8 +68,8 @@ def ldm_state_dict(reference: TorchAutoencoderKL) -> dict:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A random small SD-layout VAE saved as a diffusers dir, a bare LDM safetensors and an SD
-    .ckpt with the VAE under first_stage_model. (next to other weights)."""
+    """A random small SD-layout VAE saved as a diffusers dir, a bare LDM safetensors, and an SD
+    .ckpt and .safetensors with the VAE under first_stage_model. (next to other weights)."""
     root = tmp_path_factory.mktemp("vae_files")
     torch.manual_seed(0)
     reference = torch_vae(**SMALL).eval()
@@ -86,6 +88,7 @@ def files(tmp_path_factory):
     sd = {f"first_stage_model.{k}": v for k, v in ldm.items()}
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.ones(2, 2)
     torch.save({"state_dict": sd, "global_step": 7}, root / "sd.ckpt")
+    save_file(sd, root / "sd.safetensors")
     return reference, root
 
 
@@ -145,9 +148,13 @@ def test_every_accepted_file_gives_the_same_params(files, converted, tmp_path):
     for state_dict in (read_vae_checkpoint(str(root / "diffusers" /
                                                 "diffusion_pytorch_model.safetensors"))[0],
                        read_vae_checkpoint(str(root / "sd.ckpt"))[0],
+                       read_vae_checkpoint(str(root / "sd.safetensors"))[0],
                        read_vae_checkpoint(str(tmp_path / "old_diffusers.bin"))[0]):
         other = convert_vae_state_dict(state_dict, AutoencoderKL(**SMALL))
         jax.tree_util.tree_map(np.testing.assert_array_equal, other, params)
+    # The diffusers weight file alone: config.json beside it is read (8 groups).
+    assert load_torch_vae(str(root / "diffusers" / "diffusion_pytorch_model.safetensors"))[0] \
+        == AutoencoderKL(**SMALL)
     # No config in an LDM file: shapes give the widths; groups and scale are the SD VAE's.
     inferred, _ = load_torch_vae(str(root / "sd.ckpt"))
     assert inferred == AutoencoderKL(block_out_channels=(32, 32, 64, 64), layers_per_block=2)

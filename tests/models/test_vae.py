@@ -2,6 +2,7 @@
 
 Numerical parity with diffusers' PyTorch AutoencoderKL lives in tests/convert/test_torch_vae.py.
 """
+import functools
 import json
 
 import flax.linen as nn
@@ -27,7 +28,9 @@ def tiny():
     return vae, params
 
 
+@functools.lru_cache(maxsize=None)
 def _jitted(vae, method):
+    """One compiled function per (module, method) for the whole file."""
     return jax.jit(lambda p, x: vae.apply({"params": p}, x, method=method))
 
 
@@ -107,7 +110,8 @@ def test_bfloat16_compute_stays_close_with_float32_norms(tiny):
             return half.apply({"params": p}, x)
 
     frames16 = jax.jit(reconstruct_half)(params, x)
-    frames32 = jax.jit(lambda p, x: vae.apply({"params": p}, x))(params, x)
+    frames32 = _jitted(vae, AutoencoderKL.decode)(params,
+                                                  _jitted(vae, AutoencoderKL.encode)(params, x)[0])
     assert seen == {"norm": {jnp.dtype(jnp.float32)}, "conv": {jnp.dtype(jnp.bfloat16)}}
     assert frames16.dtype == jnp.float32
     # bf16 rounding compounds over ~20 layers (measured 3.5% of the largest value); a wrong cast
