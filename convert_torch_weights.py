@@ -3,10 +3,14 @@
     python convert_torch_weights.py --checkpoint DiT-XL-2-256x256.pt --output runs/dit_xl2
     python convert_torch_weights.py --checkpoint ckpt.pt --inflate-to DiT3D-S/2 --num-frames 16 \
         --text-dim 384 --output runs/dit3d_s2_init
+    python convert_torch_weights.py --vae sd-vae-ft-ema/ --output runs/sd_vae
 
 Accepts a plain state_dict or DiT's training dict (uses 'ema', else 'model'). Writes DIR/params
 (orbax) and DIR/model.json, loadable by sample.py (--checkpoint DIR) and train.py
-(--config.init_from=DIR). Needs torch (`pip install -e '.[convert]'`).
+(--config.init_from=DIR). With --vae (a diffusers AutoencoderKL directory or its
+diffusion_pytorch_model.safetensors/.bin, an LDM vae-ft-*.safetensors, or an SD .ckpt) it writes
+DIR/params and DIR/vae.json instead (`dit3d_jax.models.vae.load_vae`).
+Needs torch (`pip install -e '.[convert]'`).
 """
 from __future__ import annotations
 
@@ -16,10 +20,14 @@ import sys
 
 import jax
 
+from dit3d_jax.utils.cli import UsageError, run
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="PyTorch .pt file")
+    parser.add_argument("--checkpoint", default=None, help="PyTorch .pt file (DiT)")
+    parser.add_argument("--vae", default=None, help="SD VAE weights (diffusers dir or file, LDM "
+                        "file); converted instead of a DiT")
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--model", default=None, help="e.g. DiT-S/2 (default: inferred)")
     parser.add_argument("--inflate-to", default=None, help="e.g. DiT3D-S/2: put DiT into a DiT3D")
@@ -32,6 +40,11 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if (args.checkpoint is None) == (args.vae is None):
+        raise UsageError("expected exactly one of --checkpoint (a DiT .pt) or --vae (SD VAE "
+                         f"weights), got {'both' if args.vae else 'neither'}")
+    if args.vae is not None:
+        return convert_vae(args)
     if not os.path.isfile(args.checkpoint):
         sys.exit(f"error: --checkpoint {args.checkpoint!r} does not exist")
     if os.path.exists(os.path.join(args.output, "params")):
@@ -72,5 +85,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def convert_vae(args) -> int:
+    """--vae PATH --output DIR: SD VAE weights -> DIR/params + DIR/vae.json."""
+    for name in ("params", "vae.json"):
+        if os.path.exists(os.path.join(args.output, name)):
+            raise UsageError(f"--output {args.output!r} already holds {name}; choose a new "
+                             f"directory")
+    from dit3d_jax.convert import load_torch_vae
+    from dit3d_jax.models import count_params
+    from dit3d_jax.models.vae import save_vae
+
+    try:
+        vae, params = load_torch_vae(args.vae)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--vae: {err}") from err
+    save_vae(args.output, vae, params)
+    print(f"VAE: block_out_channels {tuple(vae.block_out_channels)}, layers_per_block "
+          f"{vae.layers_per_block}, latent_channels {vae.latent_channels}, groups "
+          f"{vae.norm_num_groups}, scaling_factor {vae.scaling_factor}\n"
+          f"parameters: {count_params(params):,}\nwrote {os.path.abspath(args.output)}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
