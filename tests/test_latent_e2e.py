@@ -174,3 +174,49 @@ def test_bad_encode_arguments_are_one_line_and_write_nothing(files, latents, ini
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not os.path.exists(tmp_path / "unwritten")
+
+
+def test_image_folder_latents_feed_the_image_dit(files, tmp_path):
+    """configs/dit_s2.py's path: class folders of images -> encode -> (h, w, c) latents -> the
+    image DiT's batches (the dataset's shape checked against the model's)."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for cls in ("cat", "dog"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / cls / f"{i}.png")
+    out = tmp_path / "latents"
+    assert run(encode_latents.main, ["--data", "image_folder", "--data-path",
+                                     str(tmp_path / "images"), "--vae", str(files / "vae"),
+                                     "--output", str(out), "--size", str(SIZE)]) == 0
+    src = LatentSource(out)
+    assert src.shape == (SIZE // 2, SIZE // 2, 4) and src.caption_labels() == {"cat": 0, "dog": 1}
+    config = load_config_file(str(ROOT / "configs" / "dit_s2.py"), {
+        "data.path": str(out), "data.global_batch_size": 4, "model.kwargs.input_size": SIZE // 2})
+    batch = next(make_data_iterator(config, model_from_config(config), process_index=0,
+                                    process_count=1))
+    assert batch["latent_mean"].shape == (4, SIZE // 2, SIZE // 2, 4)
+    assert sorted(batch["label"].tolist()) == [0, 0, 1, 1]
+
+
+def test_sample_decodes_an_image_dit_through_the_vae(files, tmp_path, capsys):
+    """`sample.py --checkpoint DIT --vae VAE --label ...`: decoded images (pixels, not latents);
+    a --vae that is not a VAE is one error line and writes nothing."""
+    from dit3d_jax.models import get_model, init_params
+    from dit3d_jax.models.export import save_exported
+    dit = get_model("DiT-S/8", depth=1, input_size=SIZE // 2, in_channels=4, num_classes=4)
+    save_exported(str(tmp_path / "dit"), dit, init_params(dit, jax.random.key(0)))
+    out = tmp_path / "img.png"
+    argv = ["--checkpoint", str(tmp_path / "dit"), "--label", "1", "--label", "3", "--steps",
+            "2", "--scale", "1", "--out", str(out)]
+    assert sample.main(argv + ["--vae", str(files / "vae")]) == 0
+    grid = iio.imread(out)
+    # 2 decoded 16x16 images side by side (latents would be 8x8), with a caption strip above
+    assert grid.shape[1] == 2 * (SIZE + 2) + 2
+    capsys.readouterr()
+    bad = tmp_path / "bad.png"
+    assert sample.main(argv[:-1] + [str(bad), "--vae", str(tmp_path / "dit")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --vae") and err.count("\n") == 1 and "vae.json" in err
+    assert not bad.exists()
