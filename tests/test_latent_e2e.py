@@ -220,3 +220,19 @@ def test_sample_decodes_an_image_dit_through_the_vae(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --vae") and err.count("\n") == 1 and "vae.json" in err
     assert not bad.exists()
+
+
+def test_moving_shapes_split_keeps_captions_and_labels(files, tmp_path):
+    from dit3d_jax.data.shapes import captions, example
+    out = tmp_path / "latents"
+    assert run(encode_latents.main, [
+        "--data", "moving_shapes", "--config", "tiny", "--split", "heldout", "--data-dir",
+        str(tmp_path / "tfds"), "--vae", str(files / "vae"), "--output", str(out), "--size",
+        "16", "--batch-size", "32"]) == 0
+    src = LatentSource(out, split="heldout")
+    assert len(src) == 64 and src.shape == (8, 8, 8, 4)
+    assert sorted(src.caption_labels()) == sorted(captions("heldout", "tiny"))
+    rows = {(src[i]["caption"], int(src[i]["label"])) for i in range(len(src))}
+    expected = {(ex["caption"], ex["label"]) for ex in (example("heldout", i, "tiny")
+                                                        for i in range(64))}
+    assert rows == expected
