@@ -42,7 +42,8 @@ def parse_args(argv):
     p.add_argument("--frame-stride", type=int, default=1)
     p.add_argument("--clips-per-video", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=0,
-                   help="examples per encode step (default: one per local device)")
+                   help="clips (or images) per encode step, a multiple of the local devices "
+                   "(default: one per device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="VAE compute dtype")
     p.add_argument("--verbose", action="store_true", help="tracebacks for errors")
@@ -195,17 +196,23 @@ def main(argv) -> int:
     metadata = {"scaling_factor": float(vae.scaling_factor), "vae": os.path.abspath(args.vae),
                 "source": {"data": args.data, "path": os.path.abspath(args.data_path)
                            if args.data_path else "", "config": args.config,
-                           "frames": args.frames if key == "video" else 0, "size": args.size},
+                           "frames": first.shape[0] if key == "video" else 0,
+                           "size": args.size},
                 "caption_labels": {s: src.caption_labels() for s, src in sources.items()}}
     total = sum(len(s) for s in sources.values())
     print(f"Encoding {total} {key}s ({', '.join(f'{s}: {len(v)}' for s, v in sources.items())})"
           f" into {shape} latents on {devices} {jax.default_backend()} device(s)…",
           file=sys.stderr)
     tfds.disable_progress_bar()
-    with tqdm(total=total, unit=key, file=sys.stderr, dynamic_ncols=True) as bar:
-        splits = {s: encoded_examples(src, key, s, encode, batch, bar)
-                  for s, src in sources.items()}
-        path = write_latents(args.output, splits, shape=shape, metadata=metadata)
+    try:
+        with tqdm(total=total, unit=key, file=sys.stderr, dynamic_ncols=True) as bar:
+            splits = {s: encoded_examples(src, key, s, encode, batch, bar)
+                      for s, src in sources.items()}
+            path = write_latents(args.output, splits, shape=shape, metadata=metadata)
+    except KeyboardInterrupt:
+        print(f"interrupted: no dataset written to {args.output!r} (tfds's incomplete.* folder "
+              f"is removed); the same command starts over", file=sys.stderr)
+        return 130
     print(f"wrote {path}")
     return 0
 

@@ -97,11 +97,10 @@ def test_the_draw_matches_the_stored_posterior(tmp_path):
     batch = next(make_iterator(LatentSource(out), global_batch_size=1, seed=0,
                                process_index=0, process_count=1))
     assert set(batch) == {"latent_mean", "latent_logvar", "label", "caption"}
-    n = 4000
-    keys = jax.random.split(jax.random.key(0), n)
-    draws = np.asarray(jax.vmap(lambda k: draw_latents(
-        {"latent_mean": batch["latent_mean"], "latent_logvar": batch["latent_logvar"]}, k)
-    )(keys))[:, 0].astype(np.float64)
+    n = 4000  # the example repeated as n rows of one batch: n independent draws
+    draws = np.asarray(draw_latents(
+        {k: np.repeat(batch[k], n, axis=0) for k in ("latent_mean", "latent_logvar")},
+        jax.random.key(0))).astype(np.float64)
     mean, logvar = _posterior(0)
     mu = S * mean.astype(np.float16).astype(np.float64)
     sigma = S * np.exp(logvar.astype(np.float16).astype(np.float64) / 2)
