@@ -167,22 +167,8 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
         raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
                          f"{config.model.name!r} is an image DiT; use data.name='latents' or "
                          f"'random'")
-    if data.name == "latents":
+    if data.name == "latents":  # checked first: before the text encoder loads
         source = latent_source(data.path, key, shape)
-    elif data.name == "latent_folder":
-        source = data_lib.LatentFolderSource(data.path)
-    else:
-        kwargs = (dict(config=data.config) if data.name == "moving_shapes" else
-                  dict(folder=data.path, frames=shape[0], size=shape[1]))
-        # Process 0 builds the tfds dataset; the others wait, then read it.
-        if process_index == 0:
-            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
-        if process_count > 1:
-            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-            multihost_utils.sync_global_devices("dataset prepared")
-        if process_index != 0:
-            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
-
     encoder = None
     if data.text_encoder:
         from dit3d_jax.models.text import get_text_encoder  # pylint: disable=import-outside-toplevel
@@ -193,6 +179,20 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
     elif text_dim:
         logging.warning("data.text_encoder is empty but the model has text_dim=%d: it will only "
                         "ever see the null caption", text_dim)
+
+    if data.name == "latent_folder":
+        source = data_lib.LatentFolderSource(data.path)
+    elif data.name != "latents":
+        kwargs = (dict(config=data.config) if data.name == "moving_shapes" else
+                  dict(folder=data.path, frames=shape[0], size=shape[1]))
+        # Process 0 builds the tfds dataset; the others wait, then read it.
+        if process_index == 0:
+            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
+        if process_count > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            multihost_utils.sync_global_devices("dataset prepared")
+        if process_index != 0:
+            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
     return data_lib.make_iterator(
         source, split="train", global_batch_size=data.global_batch_size, seed=data.seed,
         process_index=process_index, process_count=process_count,
