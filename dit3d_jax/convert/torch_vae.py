@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from dit3d_jax.models.vae import AutoencoderKL, init_vae
+from dit3d_jax.models.vae import AutoencoderKL, param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LDM_PREFIX = "first_stage_model."
@@ -288,7 +288,7 @@ def convert_vae_state_dict(state_dict: Mapping[str, Any], vae: Optional[Autoenco
     mis-shaped key."""
     named = to_diffusers_names(state_dict)
     vae = infer_vae(state_dict) if vae is None else vae
-    abstract = jax.eval_shape(lambda: init_vae(vae, jax.random.key(0)))
+    abstract = param_shapes(vae)
     expected = {tuple(getattr(k, "key", str(k)) for k in path): leaf.shape
                 for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     flat, unknown, mis_shaped, seen = {}, [], [], set()

@@ -240,11 +240,29 @@ def sample_posterior(rng: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
 
-def init_vae(vae: AutoencoderKL, rng: jax.Array) -> Any:
-    """Freshly initialised float32 params (jitted; shapes from a 1-frame input)."""
+def param_shapes(vae: AutoencoderKL) -> Any:
+    """The params pytree of `vae` as jax.ShapeDtypeStruct leaves (traced, nothing runs)."""
     size = 2 * vae.downsample_factor
-    x = jnp.zeros((1, size, size, vae.in_channels), jnp.float32)
-    return jax.jit(lambda key: vae.init(key, x)["params"])(rng)
+    x = jax.ShapeDtypeStruct((1, size, size, vae.in_channels), jnp.float32)
+    return jax.eval_shape(lambda x: vae.init(jax.random.key(0), x)["params"], x)
+
+
+def init_vae(vae: AutoencoderKL, seed: int = 0) -> Any:
+    """Random float32 params, drawn with NumPy (compiling Flax's initialisers for ~250 tensors
+    takes tens of seconds on CPU, and this VAE is only ever loaded, never trained from scratch):
+    kernels N(0, 1/fan_in), biases 0, GroupNorm scales 1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name == "scale":
+            return np.ones(leaf.shape, np.float32)
+        if name == "bias":
+            return np.zeros(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, param_shapes(vae))
 
 
 # ----------------------------------------------------------------------------------------------
