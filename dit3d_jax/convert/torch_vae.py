@@ -11,6 +11,7 @@ Accepted files:
   decoder.*, quant_conv.*, post_quant_conv.*) or a whole SD checkpoint (.ckpt/.safetensors, VAE
   under `first_stage_model.*`, the rest ignored). There is no config: widths and depth are read
   from the tensor shapes, GroupNorm groups and the scaling factor are the SD VAE's (32, 0.18215).
+  LDM's training-only `loss.*` tensors (LPIPS, discriminator), when present, are left out.
 
 Keys are first renamed to diffusers' names (LDM `encoder.down.I.block.J` -> `encoder.down_blocks.
 I.resnets.J`, `decoder.up.I` -> `decoder.up_blocks.{N-1-I}` (LDM numbers the decoder's levels
@@ -85,8 +86,11 @@ def _read_torch(path: str) -> Mapping[str, Any]:
 
 
 def _read_weights(path: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        head = f.read(9)  # safetensors: u64 header length, then the JSON header
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)  # safetensors: u64 header length, then the JSON header
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from err
     if len(head) == 9 and head[8:9] == b"{":
         try:
             return _read_safetensors(path)
@@ -156,9 +160,12 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The VAE's own tensors: first_stage_model.* unprefixed when present; LDM's training-only
+    loss.* (LPIPS, discriminator, logvar) left out."""
     if any(k.startswith(LDM_PREFIX) for k in state_dict):
-        return {k[len(LDM_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_PREFIX)}
-    return dict(state_dict)
+        state_dict = {k[len(LDM_PREFIX):]: v for k, v in state_dict.items()
+                      if k.startswith(LDM_PREFIX)}
+    return {k: v for k, v in state_dict.items() if not k.startswith("loss.")}
 
 
 def ldm_to_diffusers_key(key: str, num_levels: int) -> str:

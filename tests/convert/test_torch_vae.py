@@ -87,6 +87,7 @@ def files(tmp_path_factory):
     save_file(ldm, root / "vae-ft-test.safetensors")
     sd = {f"first_stage_model.{k}": v for k, v in ldm.items()}
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.ones(2, 2)
+    sd["first_stage_model.loss.logvar"] = torch.zeros(())  # LDM's training loss: not the VAE
     torch.save({"state_dict": sd, "global_step": 7}, root / "sd.ckpt")
     save_file(sd, root / "sd.safetensors")
     return reference, root
