@@ -9,6 +9,7 @@ is genuine. Errors are max |flax - torch| / max |torch|.
 import importlib.util
 import math
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -153,6 +154,11 @@ def test_every_accepted_file_gives_the_same_params(files, converted, tmp_path):
                        read_vae_checkpoint(str(tmp_path / "old_diffusers.bin"))[0]):
         other = convert_vae_state_dict(state_dict, AutoencoderKL(**SMALL))
         jax.tree_util.tree_map(np.testing.assert_array_equal, other, params)
+    # A diffusers pipeline folder: its vae/ is used.
+    shutil.copytree(root / "diffusers", tmp_path / "pipeline" / "vae")
+    (tmp_path / "pipeline" / "model_index.json").write_text("{}")
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           load_torch_vae(str(tmp_path / "pipeline"))[1], params)
     # The diffusers weight file alone: config.json beside it is read (8 groups).
     assert load_torch_vae(str(root / "diffusers" / "diffusion_pytorch_model.safetensors"))[0] \
         == AutoencoderKL(**SMALL)
