@@ -72,9 +72,10 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        if isinstance(err, RuntimeError) and "weights_only" in str(err).lower():
+        if "can still be loaded" in str(err):  # a real pickle, with objects beside the tensors
             raise ValueError(f"{path}: a pickled checkpoint holding objects other than tensors "
-                             f"(refused for safety); convert it to .safetensors first") from err
+                             f"(not loaded: unpickling them could run code); save its "
+                             f"state_dict as .safetensors and pass that") from err
         raise ValueError(f"{path}: not a PyTorch checkpoint or safetensors file (torch.load: "
                          f"{type(err).__name__})") from err
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):

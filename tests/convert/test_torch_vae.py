@@ -6,6 +6,7 @@ re-drawn at random (GroupNorm affine included). The LDM file is written here fro
 CompVis key names; diffusers' `from_single_file` reading it back to the same weights shows the file
 is genuine. Errors are max |flax - torch| / max |torch|.
 """
+import argparse
 import importlib.util
 import math
 import re
@@ -238,6 +239,7 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
                               num_classes=10))
     torch.save({"ema": dit.state_dict()}, tmp / "DiT-S-2.pt")
     (tmp / "notes.safetensors").write_text("these are not weights\n")
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, tmp / "pickled.ckpt")
     (tmp / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp / "flax_dir").mkdir()
     (tmp / "flax_dir" / "vae.json").write_text("{}")
@@ -249,6 +251,7 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
         tmp / "DiT-S-2.pt": "this is a DiT checkpoint",
         tmp / "notes.safetensors": "not a safetensors file",
         tmp / "random.ckpt": "not a PyTorch checkpoint or safetensors file",
+        tmp / "pickled.ckpt": "objects other than tensors",
         tmp / "flax_dir": "expected a diffusers AutoencoderKL directory",
         tmp / "unet": "unsupported VAE options: _class_name 'UNet2DModel'",
         tmp / "missing.safetensors": "do not exist",
