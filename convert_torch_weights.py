@@ -98,7 +98,7 @@ def convert_vae(args) -> int:
     try:
         vae, params = load_torch_vae(args.vae)
     except (FileNotFoundError, ValueError) as err:
-        raise UsageError(f"--vae: {err}") from err
+        raise UsageError(f"--vae: {' '.join(str(err).split())}") from err  # one line
     save_vae(args.output, vae, params)
     print(f"VAE: block_out_channels {tuple(vae.block_out_channels)}, layers_per_block "
           f"{vae.layers_per_block}, latent_channels {vae.latent_channels}, groups "

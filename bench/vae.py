@@ -41,31 +41,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def random_params(vae, seed: int = 0):
-    """Random float32 params of vae's shapes (drawn in NumPy: no init to compile)."""
-    import jax
-    import numpy as np
-
-    from dit3d_jax.models.vae import init_vae
-
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: init_vae(vae, jax.random.key(0)))
-
-    def draw(leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-        return (rng.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in)).astype(np.float32)
-
-    return jax.tree_util.tree_map(draw, shapes)
-
-
 def bench_jax(args) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from dit3d_jax.models.vae import AutoencoderKL, _decode_frames, decode_video
+    from dit3d_jax.models.vae import AutoencoderKL, _decode_frames, decode_video, init_vae
 
     vae = AutoencoderKL(dtype=jnp.dtype(args.dtype))
-    params = jax.device_put(random_params(vae))
+    params = jax.device_put(init_vae(vae))
     latent = args.size // vae.downsample_factor
     x = jax.random.uniform(jax.random.key(1), (args.batch, args.size, args.size, 3),
                            minval=-1, maxval=1)

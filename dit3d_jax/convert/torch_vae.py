@@ -11,6 +11,7 @@ Accepted files:
   decoder.*, quant_conv.*, post_quant_conv.*) or a whole SD checkpoint (.ckpt/.safetensors, VAE
   under `first_stage_model.*`, the rest ignored). There is no config: widths and depth are read
   from the tensor shapes, GroupNorm groups and the scaling factor are the SD VAE's (32, 0.18215).
+  LDM's training-only `loss.*` tensors (LPIPS, discriminator), when present, are left out.
 
 Keys are first renamed to diffusers' names (LDM `encoder.down.I.block.J` -> `encoder.down_blocks.
 I.resnets.J`, `decoder.up.I` -> `decoder.up_blocks.{N-1-I}` (LDM numbers the decoder's levels
@@ -31,7 +32,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from dit3d_jax.models.vae import AutoencoderKL, init_vae
+from dit3d_jax.models.vae import AutoencoderKL, param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LDM_PREFIX = "first_stage_model."
@@ -71,9 +72,10 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        if isinstance(err, RuntimeError) and "weights_only" in str(err).lower():
+        if "can still be loaded" in str(err):  # a real pickle, with objects beside the tensors
             raise ValueError(f"{path}: a pickled checkpoint holding objects other than tensors "
-                             f"(refused for safety); convert it to .safetensors first") from err
+                             f"(not loaded: unpickling them could run code); save its "
+                             f"state_dict as .safetensors and pass that") from err
         raise ValueError(f"{path}: not a PyTorch checkpoint or safetensors file (torch.load: "
                          f"{type(err).__name__})") from err
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
@@ -85,8 +87,11 @@ def _read_torch(path: str) -> Mapping[str, Any]:
 
 
 def _read_weights(path: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        head = f.read(9)  # safetensors: u64 header length, then the JSON header
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)  # safetensors: u64 header length, then the JSON header
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from err
     if len(head) == 9 and head[8:9] == b"{":
         try:
             return _read_safetensors(path)
@@ -156,9 +161,12 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The VAE's own tensors: first_stage_model.* unprefixed when present; LDM's training-only
+    loss.* (LPIPS, discriminator, logvar) left out."""
     if any(k.startswith(LDM_PREFIX) for k in state_dict):
-        return {k[len(LDM_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_PREFIX)}
-    return dict(state_dict)
+        state_dict = {k[len(LDM_PREFIX):]: v for k, v in state_dict.items()
+                      if k.startswith(LDM_PREFIX)}
+    return {k: v for k, v in state_dict.items() if not k.startswith("loss.")}
 
 
 def ldm_to_diffusers_key(key: str, num_levels: int) -> str:
@@ -288,7 +296,7 @@ def convert_vae_state_dict(state_dict: Mapping[str, Any], vae: Optional[Autoenco
     mis-shaped key."""
     named = to_diffusers_names(state_dict)
     vae = infer_vae(state_dict) if vae is None else vae
-    abstract = jax.eval_shape(lambda: init_vae(vae, jax.random.key(0)))
+    abstract = param_shapes(vae)
     expected = {tuple(getattr(k, "key", str(k)) for k in path): leaf.shape
                 for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     flat, unknown, mis_shaped, seen = {}, [], [], set()

@@ -5,6 +5,7 @@
     frames = vae.apply({"params": p}, z, method=AutoencoderKL.decode)       # z (N, H/8, W/8, 4)
     mean, logvar = encode_video(vae, p, video)            # video (B, F, H, W, 3) in [-1, 1]
     video = decode_video(vae, p, mean * vae.scaling_factor, chunk=4)
+    p = init_vae(vae, seed=0)                               # random params (tests, benchmarks)
 
 Layout (the SD VAE's, channels last). Encoder: conv_in 3x3 -> one down block per entry of
 `block_out_channels` (`layers_per_block` resnets, then a stride-2 3x3 conv on the input padded
@@ -80,6 +81,8 @@ class SelfAttention(nn.Module):
         h = _group_norm(x, self.groups, "group_norm").reshape(n, height * width, 1, channels)
         dense = functools.partial(nn.Dense, channels, dtype=self.dtype, param_dtype=jnp.float32)
         q, k, v = (dense(name=name)(h) for name in ("to_q", "to_k", "to_v"))
+        # One head of C (512) channels: beyond the fused kernels' head sizes, so XLA's attention
+        # (logits and softmax in float32) on every backend.
         h = jax.nn.dot_product_attention(q, k, v, implementation="xla")
         h = dense(name="to_out_0")(h.reshape(n, height, width, channels))
         return x + h
@@ -240,11 +243,29 @@ def sample_posterior(rng: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
 
-def init_vae(vae: AutoencoderKL, rng: jax.Array) -> Any:
-    """Freshly initialised float32 params (jitted; shapes from a 1-frame input)."""
+def param_shapes(vae: AutoencoderKL) -> Any:
+    """The params pytree of `vae` as jax.ShapeDtypeStruct leaves (traced, nothing runs)."""
     size = 2 * vae.downsample_factor
-    x = jnp.zeros((1, size, size, vae.in_channels), jnp.float32)
-    return jax.jit(lambda key: vae.init(key, x)["params"])(rng)
+    x = jax.ShapeDtypeStruct((1, size, size, vae.in_channels), jnp.float32)
+    return jax.eval_shape(lambda x: vae.init(jax.random.key(0), x)["params"], x)
+
+
+def init_vae(vae: AutoencoderKL, seed: int = 0) -> Any:
+    """Random float32 params, drawn with NumPy: kernels N(0, 1/fan_in), biases 0, GroupNorm scales
+    1. (Compiling Flax's initialisers took ~50 s on the shared CPU even for the tiny test VAE, and
+    this VAE is only ever loaded, never trained from scratch.)"""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name == "scale":
+            return np.ones(leaf.shape, np.float32)
+        if name == "bias":
+            return np.zeros(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, param_shapes(vae))
 
 
 # ----------------------------------------------------------------------------------------------

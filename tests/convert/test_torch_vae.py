@@ -6,9 +6,11 @@ re-drawn at random (GroupNorm affine included). The LDM file is written here fro
 CompVis key names; diffusers' `from_single_file` reading it back to the same weights shows the file
 is genuine. Errors are max |flax - torch| / max |torch|.
 """
+import argparse
 import importlib.util
 import math
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -87,6 +89,7 @@ def files(tmp_path_factory):
     save_file(ldm, root / "vae-ft-test.safetensors")
     sd = {f"first_stage_model.{k}": v for k, v in ldm.items()}
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.ones(2, 2)
+    sd["first_stage_model.loss.logvar"] = torch.zeros(())  # LDM's training loss: not the VAE
     torch.save({"state_dict": sd, "global_step": 7}, root / "sd.ckpt")
     save_file(sd, root / "sd.safetensors")
     return reference, root
@@ -152,6 +155,11 @@ def test_every_accepted_file_gives_the_same_params(files, converted, tmp_path):
                        read_vae_checkpoint(str(tmp_path / "old_diffusers.bin"))[0]):
         other = convert_vae_state_dict(state_dict, AutoencoderKL(**SMALL))
         jax.tree_util.tree_map(np.testing.assert_array_equal, other, params)
+    # A diffusers pipeline folder: its vae/ is used.
+    shutil.copytree(root / "diffusers", tmp_path / "pipeline" / "vae")
+    (tmp_path / "pipeline" / "model_index.json").write_text("{}")
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           load_torch_vae(str(tmp_path / "pipeline"))[1], params)
     # The diffusers weight file alone: config.json beside it is read (8 groups).
     assert load_torch_vae(str(root / "diffusers" / "diffusion_pytorch_model.safetensors"))[0] \
         == AutoencoderKL(**SMALL)
@@ -231,6 +239,7 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
                               num_classes=10))
     torch.save({"ema": dit.state_dict()}, tmp / "DiT-S-2.pt")
     (tmp / "notes.safetensors").write_text("these are not weights\n")
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, tmp / "pickled.ckpt")
     (tmp / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp / "flax_dir").mkdir()
     (tmp / "flax_dir" / "vae.json").write_text("{}")
@@ -242,6 +251,7 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
         tmp / "DiT-S-2.pt": "this is a DiT checkpoint",
         tmp / "notes.safetensors": "not a safetensors file",
         tmp / "random.ckpt": "not a PyTorch checkpoint or safetensors file",
+        tmp / "pickled.ckpt": "objects other than tensors",
         tmp / "flax_dir": "expected a diffusers AutoencoderKL directory",
         tmp / "unet": "unsupported VAE options: _class_name 'UNet2DModel'",
         tmp / "missing.safetensors": "do not exist",
