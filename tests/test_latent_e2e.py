@@ -8,7 +8,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from dit3d_jax.data.latents import LatentSource, is_complete  # noqa: E402
 from dit3d_jax.models.export import load_exported  # noqa: E402
-from dit3d_jax.models.vae import AutoencoderKL, save_vae  # noqa: E402
+from dit3d_jax.models.vae import AutoencoderKL, init_vae, save_vae  # noqa: E402
 from dit3d_jax.train.config import load_config_file  # noqa: E402
 from dit3d_jax.train.loop import (make_data_iterator, model_from_config,  # noqa: E402
                                   train_and_evaluate)
@@ -32,16 +31,6 @@ import sample  # noqa: E402
 FRAMES, SIZE = 4, 16  # pixels; the tiny VAE halves them: latents (4, 8, 8, 4)
 
 
-def tiny_vae():
-    """The tiny VAE of TEAM.md with random non-zero weights (NumPy: no init to compile)."""
-    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
-    shapes = jax.eval_shape(lambda: vae.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3))))
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: rng.normal(0.0, 0.2, s.shape).astype(np.float32), shapes["params"])
-    return vae, params
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """The three inputs of the README's recipe, tiny: videos, a VAE, a PyTorch DiT."""
@@ -53,7 +42,8 @@ def files(tmp_path_factory):
         iio.imwrite(videos / f"v{i}.mp4", rng.integers(0, 256, (6, 20, 24, 3), dtype=np.uint8),
                     fps=4)
         (videos / f"v{i}.txt").write_text(f"clip {i % 2}")
-    save_vae(str(root / "vae"), *tiny_vae())
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    save_vae(str(root / "vae"), vae, init_vae(vae, seed=0))
     dit = randomize_(TorchDiT(input_size=8, patch_size=4, hidden_size=384, depth=1, num_heads=6,
                               num_classes=4, learn_sigma=True), seed=1)
     torch.save({"ema": dit.state_dict()}, root / "dit.pt")
