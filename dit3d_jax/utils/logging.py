@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import sys
+import threading
+import traceback
 from typing import Mapping, Sequence
 
 METRICS_FILE = "metrics.jsonl"
@@ -34,7 +36,25 @@ class _LibraryFilter(logging.Filter):
             part in record.pathname for part in self.parts)
 
 
-def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
+class _EchoFilter(logging.Filter):
+    """Drops the records that only echo an exception the caller raises anyway: orbax's ERROR
+    records with a traceback (a failed background save logs it at every level it passes), and
+    asyncio's "exception was never retrieved" for the tasks of an orbax write (one per array)."""
+
+    part = f"{os.sep}orbax{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.levelno < logging.ERROR:
+            return True
+        if self.part in record.pathname:
+            return False
+        tb = record.exc_info[2] if record.exc_info[1] is not None else None
+        return not (record.name == "asyncio" and tb is not None and any(
+            self.part in frame.filename for frame in traceback.extract_tb(tb)))
+
+
+def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
+                       verbose: bool | None = None) -> None:
     """Hides the INFO chatter of `packages` (orbax logs every save in detail), so the trainer's
     own narration stays readable. Warnings still show.
 
@@ -43,7 +63,11 @@ def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
     nothing here touches a handler: packages that log through absl (orbax does) log on the
     'absl' logger, which gets a filter on the record's source path; packages with loggers of
     their own (`logging.getLogger(package)`) get level WARNING, unless one was set. Calling it
-    again adds nothing."""
+    again adds nothing.
+
+    Unless verbose (default: `--verbose` on the command line or DIT3D_VERBOSE=1), the echoes
+    of orbax errors (`_EchoFilter`) are dropped too: a failed save then reads as the one error
+    line its caller reports, not as a traceback per array."""
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
     quiet = _LibraryFilter(packages)
     absl_logger = absl_logging.get_absl_logger()
@@ -54,6 +78,40 @@ def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
         logger = logging.getLogger(package)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+    from dit3d_jax.utils.cli import verbose_requested  # pylint: disable=import-outside-toplevel
+    if verbose if verbose is not None else verbose_requested(sys.argv[1:]):
+        return
+    for logger in (absl_logger, logging.getLogger("asyncio")):
+        if not any(isinstance(f, _EchoFilter) for f in logger.filters):
+            logger.addFilter(_EchoFilter())
+    _quiet_thread_echoes()
+
+
+def _quiet_thread_echoes() -> None:
+    """After a failed orbax write, TensorStore's callbacks find orbax's event loop closed and
+    Python prints "RuntimeError: Event loop is closed" once per array (sys.unraisablehook);
+    on a full disk TensorBoard's writer thread dies with a traceback (threading.excepthook).
+    Those become nothing, and one warning line; every other exception keeps its hook."""
+    if getattr(sys.unraisablehook, "dit3d_quiet", False):
+        return
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+
+    def on_unraisable(info):
+        if not (isinstance(info.exc_value, RuntimeError)
+                and str(info.exc_value) == "Event loop is closed"):
+            unraisable(info)
+
+    def on_thread_error(args):
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        if isinstance(args.exc_value, OSError) and any(
+                f"{os.sep}tensorboardX{os.sep}" in f.filename for f in frames):
+            logging.getLogger(__name__).warning("TensorBoard event writer stopped: %s",
+                                                args.exc_value)
+            return
+        thread_hook(args)
+
+    on_unraisable.dit3d_quiet = True
+    sys.unraisablehook, threading.excepthook = on_unraisable, on_thread_error
 
 
 def read_metrics(workdir: str) -> list[dict]:
