@@ -5,9 +5,11 @@ check that it ends bit-identical to a run that was never interrupted.
     python bench/soak_kill.py --n 20 --steps 150 --seed 1
 
 Runs `train.py --config configs/tiny.py` (one checkpoint every --checkpoint-every steps) once
-straight through in OUT/straight, then in OUT/killed: start, wait a random time drawn uniformly
-from [0, the straight run's wall time), `kill -9`, repeat N times, then run to the end. A kill
-lands anywhere: during start-up, the restore, a step, or an asynchronous save. Compares the
+straight through in OUT/straight, timing its start-up (until the first logged step) and its
+steps; then in OUT/killed: start, wait a random time drawn uniformly from [0, start-up + the
+time of steps/(N+1) steps), `kill -9`, repeat N times, then run to the end. So a kill lands
+anywhere (start-up, the restore, compilation, a step, an asynchronous save) and the run is
+still unfinished at each of the N kills. Compares the
 per-step losses (metrics.jsonl) and every array of the final checkpoint's TrainState (params,
 EMA, optimizer and sampler state, rng, step). Prints one line per kill and the verdict; exit
 status 0 when identical. Not part of the test suite (minutes of CPU); results go to
@@ -83,16 +85,23 @@ def main() -> int:
     env, rng = environment(), random.Random(args.seed)
 
     t0 = time.perf_counter()
-    done = subprocess.run(command(straight, args), env=env, cwd=REPO, capture_output=True,
-                          text=True)
+    with open(os.path.join(out, "straight.log"), "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command(straight, args), env=env, cwd=REPO, stdout=log,
+                                stderr=log)
+        while proc.poll() is None and not losses(straight):
+            time.sleep(0.05)
+        startup = time.perf_counter() - t0
+        proc.wait()
     wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        print(done.stderr[-3000:])
+    if proc.returncode != 0:
+        print(open(os.path.join(out, "straight.log"), encoding="utf-8").read()[-3000:])
         return 1
-    print(f"straight run: {args.steps} steps in {wall:.1f} s")
+    window = startup + (wall - startup) / args.steps * args.steps / (args.n + 1)
+    print(f"straight run: {args.steps} steps in {wall:.1f} s ({startup:.1f} s to the first "
+          f"step); kill moments drawn from [0, {window:.1f}) s after each start")
 
     for i in range(args.n):
-        delay = rng.uniform(0.0, wall)
+        delay = rng.uniform(0.0, window)
         before = checkpoints(killed)
         with open(os.path.join(out, f"kill_{i}.log"), "w", encoding="utf-8") as log:
             proc = subprocess.Popen(command(killed, args), env=env, cwd=REPO, stdout=log,

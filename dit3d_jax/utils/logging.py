@@ -24,33 +24,33 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
 
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
 class _LibraryFilter(logging.Filter):
-    """Drops records below WARNING whose source file lies in one of the named packages."""
+    """Drops records below WARNING whose source file lies in one of the named packages; with
+    `echoes` also orbax's ERROR records that carry a traceback (a failed background save logs
+    it at every level it passes through; the caller raises the same error once)."""
 
     def __init__(self, packages: Sequence[str]):
         super().__init__()
         self.parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+        self.echoes = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.echoes and record.exc_info and _ORBAX in record.pathname:
+            return False
         return record.levelno >= logging.WARNING or not any(
             part in record.pathname for part in self.parts)
 
 
-class _EchoFilter(logging.Filter):
-    """Drops the records that only echo an exception the caller raises anyway: orbax's ERROR
-    records with a traceback (a failed background save logs it at every level it passes), and
-    asyncio's "exception was never retrieved" for the tasks of an orbax write (one per array)."""
-
-    part = f"{os.sep}orbax{os.sep}"
+class _AsyncioEchoFilter(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" for the tasks of an orbax write (one
+    record with a traceback per array when a save fails)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info or record.levelno < logging.ERROR:
-            return True
-        if self.part in record.pathname:
-            return False
-        tb = record.exc_info[2] if record.exc_info[1] is not None else None
-        return not (record.name == "asyncio" and tb is not None and any(
-            self.part in frame.filename for frame in traceback.extract_tb(tb)))
+        tb = record.exc_info[2] if record.exc_info else None
+        return tb is None or not any(_ORBAX in f.filename for f in traceback.extract_tb(tb))
 
 
 def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
@@ -66,24 +66,29 @@ def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
     again adds nothing.
 
     Unless verbose (default: `--verbose` on the command line or DIT3D_VERBOSE=1), the echoes
-    of orbax errors (`_EchoFilter`) are dropped too: a failed save then reads as the one error
-    line its caller reports, not as a traceback per array."""
+    of orbax errors are dropped too (`_LibraryFilter.echoes`, `_AsyncioEchoFilter`,
+    `_quiet_thread_echoes`): a failed save then reads as the one error line its caller
+    reports, not as a traceback per array."""
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    from dit3d_jax.utils.cli import verbose_requested  # pylint: disable=import-outside-toplevel
     quiet = _LibraryFilter(packages)
     absl_logger = absl_logging.get_absl_logger()
-    if not any(isinstance(f, _LibraryFilter) and f.parts == quiet.parts
-               for f in absl_logger.filters):
+    same = [f for f in absl_logger.filters
+            if isinstance(f, _LibraryFilter) and f.parts == quiet.parts]
+    if same:
+        quiet = same[0]
+    else:
         absl_logger.addFilter(quiet)
     for package in packages:
         logger = logging.getLogger(package)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
-    from dit3d_jax.utils.cli import verbose_requested  # pylint: disable=import-outside-toplevel
     if verbose if verbose is not None else verbose_requested(sys.argv[1:]):
         return
-    for logger in (absl_logger, logging.getLogger("asyncio")):
-        if not any(isinstance(f, _EchoFilter) for f in logger.filters):
-            logger.addFilter(_EchoFilter())
+    quiet.echoes = True
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AsyncioEchoFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AsyncioEchoFilter())
     _quiet_thread_echoes()
 
 
