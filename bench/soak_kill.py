@@ -6,10 +6,11 @@ check that it ends bit-identical to a run that was never interrupted.
 
 Runs `train.py --config configs/tiny.py` (one checkpoint every --checkpoint-every steps) once
 straight through in OUT/straight, timing its start-up (until the first logged step) and its
-steps; then in OUT/killed: start, wait a random time drawn uniformly from [0, start-up + the
-time of steps/(N+1) steps), `kill -9`, repeat N times, then run to the end. So a kill lands
-anywhere (start-up, the restore, compilation, a step, an asynchronous save) and the run is
-still unfinished at each of the N kills. Compares the
+steps; then in OUT/killed: start, `kill -9` at a random moment, repeat N times, then run to the
+end. A quarter of the kills land at a uniform moment of the start-up (imports, restore,
+compilation); the rest at a uniform moment within the time of steps/(N+1) steps after that life
+logged its first step (a step, an asynchronous save, the metrics write), so the run is still
+unfinished at each of the N kills. Compares the
 per-step losses (metrics.jsonl) and every array of the final checkpoint's TrainState (params,
 EMA, optimizer and sampler state, rng, step). Prints one line per kill and the verdict; exit
 status 0 when identical. Not part of the test suite (minutes of CPU); results go to
@@ -96,23 +97,31 @@ def main() -> int:
     if proc.returncode != 0:
         print(open(os.path.join(out, "straight.log"), encoding="utf-8").read()[-3000:])
         return 1
-    window = startup + (wall - startup) / args.steps * args.steps / (args.n + 1)
+    window = (wall - startup) / (args.n + 1)
     print(f"straight run: {args.steps} steps in {wall:.1f} s ({startup:.1f} s to the first "
-          f"step); kill moments drawn from [0, {window:.1f}) s after each start")
+          f"step); kills: 1/4 in [0, {startup:.1f}) s after a start, 3/4 in [0, {window:.1f}) s "
+          f"after a life's first step")
 
     for i in range(args.n):
-        delay = rng.uniform(0.0, window)
+        in_startup = rng.random() < 0.25
+        delay = rng.uniform(0.0, startup if in_startup else window)
         before = checkpoints(killed)
-        with open(os.path.join(out, f"kill_{i}.log"), "w", encoding="utf-8") as log:
+        path = os.path.join(out, f"kill_{i}.log")
+        with open(path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(command(killed, args), env=env, cwd=REPO, stdout=log,
                                     stderr=log)
+            if not in_startup:  # wait for this life's first step
+                while proc.poll() is None and "First log at step" not in open(
+                        path, encoding="utf-8").read():
+                    time.sleep(0.05)
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 proc.kill()  # SIGKILL
                 proc.wait()
         logged = losses(killed)
-        print(f"kill {i + 1}/{args.n}: after {delay:5.1f} s, exit {proc.returncode}, "
+        print(f"kill {i + 1}/{args.n}: {delay:5.1f} s after "
+              f"{'the start' if in_startup else 'its first step'}, exit {proc.returncode}, "
               f"checkpoints {before} -> {checkpoints(killed)}, last logged step "
               f"{logged[-1][0] if logged else None}")
 
