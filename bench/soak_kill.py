@@ -80,6 +80,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="scratch directory (default: a new temp dir)")
     args = p.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="soak_kill_")
+    os.makedirs(out, exist_ok=True)
     straight, killed = os.path.join(out, "straight"), os.path.join(out, "killed")
     for path in (straight, killed):
         shutil.rmtree(path, ignore_errors=True)

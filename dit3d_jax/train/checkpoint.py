@@ -237,7 +237,7 @@ class Checkpointer:
         target = {name: abstract}
 
         def read(at: int) -> Any:
-            self._check_fits(at, target)
+            self._check_fits(at, target, name)
             out = self._manager.restore(at, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True)))
@@ -286,14 +286,14 @@ class Checkpointer:
         self._durable = step
         return step, out
 
-    def _check_fits(self, step: int, target: Any) -> None:
-        """CheckpointError when the arrays saved at `step` differ in names or shapes from
-        `target` (a partial target: only its fields): written for another model or config."""
+    def _check_fits(self, step: int, target: Any, field: Optional[str] = None) -> None:
+        """CheckpointError when the arrays saved at `step` (only those under `field`, when
+        given) differ in names or shapes from `target`: written for another model or config."""
         path = epath.Path(self.step_dir(step)) / "state"
         saved = ocp.tree.to_flat_dict(ocp.PyTreeCheckpointHandler().metadata(path), sep=".")
         want = ocp.tree.to_flat_dict(target, sep=".")
-        prefixes = tuple(f"{k}." for k in target) if isinstance(target, dict) else ("",)
-        saved = {k: v for k, v in saved.items() if k.startswith(prefixes)}
+        if field is not None:
+            saved = {k: v for k, v in saved.items() if k == field or k.startswith(field + ".")}
         missing = sorted(set(want) - set(saved))
         extra = sorted(set(saved) - set(want))
         reshaped = [k for k in sorted(set(want) & set(saved))
