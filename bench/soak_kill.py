@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +66,7 @@ def final_state(workdir: str, step: int) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    warnings.filterwarnings("ignore", message="Sharding info not provided")  # 1 device: fine
     tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
                                                          "state"))
     return {jax.tree_util.keystr(p): np.asarray(v)
