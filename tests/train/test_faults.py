@@ -170,3 +170,24 @@ def test_write_failure_in_async_save_is_one_error_and_resume_is_exact(straight, 
 
     state, _ = train(workdir)   # the cause is gone
     assert_same_run(workdir, straight_workdir, state, straight_state)
+
+
+def test_corrupt_export_is_one_clear_error(tmp_path, capsys):
+    """init_from / sample.py --checkpoint: one params directory, nothing to fall back to."""
+    from dit3d_jax.models import get_model, init_params
+    from dit3d_jax.models.export import load_exported, save_exported
+    sys.path.insert(0, REPO)
+    import sample  # pylint: disable=import-outside-toplevel
+    model = get_model("DiT-S/8", depth=1, hidden_size=32, num_heads=2, input_size=8,
+                      in_channels=3, num_classes=4)
+    save_exported(str(tmp_path / "export"), model, init_params(model, jax.random.key(0)))
+    files = glob.glob(str(tmp_path / "export" / "params" / "ocdbt.*" / "d" / "*"))
+    assert files
+    for path in files:
+        os.truncate(path, 10)
+    with pytest.raises(ValueError, match=r"checkpoint: .*params does not restore: "):
+        load_exported(str(tmp_path / "export"))
+    assert sample.main(["--checkpoint", str(tmp_path / "export"), "--label", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(r"error: --checkpoint .*params does not restore",
+                                              err)
