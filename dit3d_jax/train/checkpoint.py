@@ -315,20 +315,23 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> list[str]:
         """Moves checkpoints/<step> to bad_checkpoints/<step>[-k] (process 0); their paths."""
+        sync = lambda name: None  # pylint: disable=unnecessary-lambda-assignment
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            sync = multihost_utils.sync_global_devices
         moved = []
         for step in steps:
-            dest = os.path.join(self.workdir, BAD_CHECKPOINT_DIR, str(step))
-            k = 1
+            dest, k = os.path.join(self.workdir, BAD_CHECKPOINT_DIR, str(step)), 1
             while os.path.exists(dest):
                 k += 1
                 dest = os.path.join(self.workdir, BAD_CHECKPOINT_DIR, f"{step}-{k}")
-            if jax.process_index() == 0:
+            moved.append(dest)
+        sync("checkpoint: before set aside")  # every process has named the same destinations
+        if jax.process_index() == 0:
+            for step, dest in zip(steps, moved):
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.rename(self.step_dir(step), dest)
-            moved.append(dest)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-            multihost_utils.sync_global_devices("checkpoint: set aside")
+        sync("checkpoint: set aside")
         self._manager.reload()
         return moved
 

@@ -222,8 +222,8 @@ def check_batch(batch: dict, model: DiT, config) -> None:
     got = getattr(batch.get(key), "shape", None)
     if got != want:
         raise ConfigError(f"data: expected batch[{key!r}] of shape {want} for "
-                         f"{variant_name(model)} (model.kwargs) and data.global_batch_size, got "
-                         f"{got} from data.name={config.data.name!r}; make them agree")
+                          f"{variant_name(model)} (model.kwargs) and data.global_batch_size, "
+                          f"got {got} from data.name={config.data.name!r}; make them agree")
 
 
 # ---------------------------------------------------------------------------------------------
