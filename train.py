@@ -6,8 +6,8 @@
 `--config.a.b=value` overrides a field of the (locked) config, so a misspelt name is an error.
 Re-running with the same --workdir resumes from its newest checkpoint that restores. Bad input
 (flag, config file, override, data path, init_from, checkpoints) is one `error:` line and exit
-status 2; a failed checkpoint write one `error:` line and exit status 1 (--verbose: tracebacks). The loop lives in
-`dit3d_jax.train.loop.train_and_evaluate`; `dit3d_jax.train.config.load_config_file(path,
+status 2; a failed checkpoint write one `error:` line and exit status 1 (--verbose: tracebacks).
+The loop lives in `dit3d_jax.train.loop.train_and_evaluate`; `dit3d_jax.train.config.load_config_file(path,
 overrides)` builds the same config in-process (a notebook, a test).
 """
 import os
