@@ -7,8 +7,9 @@
 Re-running with the same --workdir resumes from its newest checkpoint that restores. Bad input
 (flag, config file, override, data path, init_from, checkpoints) is one `error:` line and exit
 status 2; a failed checkpoint write one `error:` line and exit status 1 (--verbose: tracebacks).
-The loop lives in `dit3d_jax.train.loop.train_and_evaluate`; `dit3d_jax.train.config.load_config_file(path,
-overrides)` builds the same config in-process (a notebook, a test).
+The loop lives in `dit3d_jax.train.loop.train_and_evaluate`;
+`dit3d_jax.train.config.load_config_file(path, overrides)` builds the same config in-process (a
+notebook, a test).
 """
 import os
 import sys
