@@ -10,21 +10,23 @@ Accepts a plain state_dict or DiT's training dict (uses 'ema', else 'model'). Wr
 (--config.init_from=DIR). With --vae (a diffusers AutoencoderKL directory or its
 diffusion_pytorch_model.safetensors/.bin, an LDM vae-ft-*.safetensors, or an SD .ckpt) it writes
 DIR/params and DIR/vae.json instead (`dit3d_jax.models.vae.load_vae`).
-Needs torch (`pip install -e '.[convert]'`).
+Needs torch (`pip install -e '.[convert]'`). Bad input (a missing file, a file that is not a
+PyTorch checkpoint, a state_dict of another model) is one `error:` line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import jax
 
-from dit3d_jax.utils.cli import UsageError, run
+from dit3d_jax.utils.cli import ArgumentParser, UsageError, one_line, run
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="PyTorch .pt file (DiT)")
     parser.add_argument("--vae", default=None, help="SD VAE weights (diffusers dir or file, LDM "
                         "file); converted instead of a DiT")
@@ -35,10 +37,30 @@ def parse_args(argv):
     parser.add_argument("--text-dim", type=int, default=0, help="0: no text layers")
     parser.add_argument("--temporal-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="init of the video-only layers")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def load_torch_checkpoint(path: str):
+    """torch.load(path) without running pickled code (weights_only; DiT's training dicts carry
+    an argparse.Namespace, allowed). UsageError when it is not a checkpoint torch can read."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise UsageError("convert_torch_weights.py needs torch: pip install -e '.[convert]'"
+                         ) from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pylint: disable=broad-except  # not a checkpoint, truncated, ...
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(err), re.S)
+        why = " ".join(detail.group(1).split()) if detail else one_line(err, 200)
+        raise UsageError(f"--checkpoint {path!r}: expected a PyTorch checkpoint (torch.save of a "
+                         f"state_dict or of DiT's training dict), torch.load cannot read it: "
+                         f"{why}") from err
+
+
+def main(argv) -> int:
     args = parse_args(argv)
     if (args.checkpoint is None) == (args.vae is None):
         raise UsageError("expected exactly one of --checkpoint (a DiT .pt) or --vae (SD VAE "
@@ -46,22 +68,24 @@ def main(argv=None) -> int:
     if args.vae is not None:
         return convert_vae(args)
     if not os.path.isfile(args.checkpoint):
-        sys.exit(f"error: --checkpoint {args.checkpoint!r} does not exist")
+        raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
     if os.path.exists(os.path.join(args.output, "params")):
-        sys.exit(f"error: --output {args.output!r} already holds params; choose a new directory")
-    import torch
+        raise UsageError(f"--output {args.output!r} already holds params; choose a new directory")
 
     from dit3d_jax.convert import convert_torch_state_dict, infer_model, inflate, select_state_dict
     from dit3d_jax.models import count_params, get_model, init_params, variant_name
     from dit3d_jax.models.export import save_exported
 
-    state_dict = select_state_dict(torch.load(args.checkpoint, map_location="cpu",
-                                              weights_only=True))
+    checkpoint = load_torch_checkpoint(args.checkpoint)
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"--checkpoint {args.checkpoint!r}: expected a state_dict (a dict of "
+                         f"tensors), got a {type(checkpoint).__name__}")
+    state_dict = select_state_dict(checkpoint)
     try:
         model = infer_model(state_dict) if args.model is None else get_model(args.model)
         params = convert_torch_state_dict(state_dict, model)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        raise UsageError(f"--checkpoint {args.checkpoint!r}: {err}") from err
     summary = [f"tensors mapped: {len(state_dict)} (pos_embed checked, not stored)",
                f"variant: {variant_name(model)}, input {model.input_size}, channels "
                f"{model.in_channels}, classes "
@@ -69,15 +93,16 @@ def main(argv=None) -> int:
                f"parameters: {count_params(params):,}"]
     if args.inflate_to:
         name = args.inflate_to
-        video = get_model(name, depth=model.depth, input_size=model.input_size, in_channels=model.in_channels,
-                          num_classes=model.num_classes, learn_sigma=model.learn_sigma,
-                          class_dropout_prob=model.class_dropout_prob,
-                          num_frames=args.num_frames, text_dim=args.text_dim,
-                          temporal_every=args.temporal_every)
         try:
+            video = get_model(name, depth=model.depth, input_size=model.input_size,
+                              in_channels=model.in_channels, num_classes=model.num_classes,
+                              learn_sigma=model.learn_sigma,
+                              class_dropout_prob=model.class_dropout_prob,
+                              num_frames=args.num_frames, text_dim=args.text_dim,
+                              temporal_every=args.temporal_every)
             params = inflate(params, init_params(video, jax.random.key(args.seed)))
         except ValueError as err:
-            sys.exit(f"error: {err}")
+            raise UsageError(f"--inflate-to {name!r}: {err}") from err
         model = video
         summary.append(f"inflated to {name}: {count_params(params):,} parameters")
     save_exported(args.output, model, params)

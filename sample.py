@@ -14,17 +14,14 @@ the one the run's latent dataset recorded), --decode-chunk frames at a time:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-
-class UsageError(Exception):
-    """A bad argument: reported as one line, before anything is computed or written."""
+from dit3d_jax.utils.cli import ArgumentParser, UsageError, run
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a train.py workdir")
     src.add_argument("--checkpoint", help="a convert_torch_weights.py output directory")
@@ -48,25 +45,33 @@ def parse_args(argv):
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=None,
                    help="integer upscaling of the written grid (default: tiles ≥ 128 px wide)")
+    p.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     return p.parse_args(argv)
 
 
 def load(args):
-    """-> (model, params, config or None). Raises UsageError for a missing source."""
+    """-> (model, params, config or None). Raises UsageError for a missing, unreadable or
+    mismatched source (a workdir whose newest checkpoint does not restore falls back to the
+    newest that does, with a warning)."""
     if args.checkpoint is not None:
         from dit3d_jax.models.export import load_exported
         if not os.path.isfile(os.path.join(args.checkpoint, "model.json")):
             raise UsageError(f"--checkpoint {args.checkpoint!r}: no model.json there (expected a "
                              f"convert_torch_weights.py output)")
-        model, params = load_exported(args.checkpoint)
+        try:
+            model, params = load_exported(args.checkpoint)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--checkpoint {args.checkpoint!r}: {err}") from err
         return model, params, None
     if not os.path.isdir(args.workdir):
         raise UsageError(f"--workdir {args.workdir!r} does not exist")
-    from dit3d_jax.train.checkpoint import load_workdir
+    from dit3d_jax.train.checkpoint import CheckpointError, load_workdir
+    from dit3d_jax.utils.logging import quiet_library_logs
+    quiet_library_logs()
     try:
         return load_workdir(args.workdir, ema=not args.no_ema)
-    except FileNotFoundError as err:
-        raise UsageError(f"--workdir {args.workdir!r}: {err}") from None
+    except (FileNotFoundError, CheckpointError) as err:
+        raise UsageError(f"--workdir {args.workdir!r}: {err}") from err
 
 
 def conditions(args, model, config):
@@ -146,21 +151,22 @@ def decode(decoder, x):
 
 
 def main(argv=None) -> int:
+    """Exit status: 0, or 2 after one `error:` line for bad input (`dit3d_jax.utils.cli.run`)."""
+    return run(_sample, argv)
+
+
+def _sample(argv) -> int:
     args = parse_args(argv)
-    try:
-        if args.num < 1:
-            raise UsageError(f"--num {args.num}: expected at least 1")
-        out = args.out or os.path.join(args.workdir or args.checkpoint, "samples.gif")
-        base, ext = os.path.splitext(out)
-        if ext.lower() not in (".gif", ".mp4", ".png"):
-            raise UsageError(f"--out {out!r}: expected a .gif, .mp4 or .png path")
-        model, params, config = load(args)
-        names, prompts, labels = conditions(args, model, config)
-        chosen, objective = settings(args, model, config)
-        decoder = load_decoder(args, model, config)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.num < 1:
+        raise UsageError(f"--num {args.num}: expected at least 1")
+    out = args.out or os.path.join(args.workdir or args.checkpoint, "samples.gif")
+    base, ext = os.path.splitext(out)
+    if ext.lower() not in (".gif", ".mp4", ".png"):
+        raise UsageError(f"--out {out!r}: expected a .gif, .mp4 or .png path")
+    model, params, config = load(args)
+    names, prompts, labels = conditions(args, model, config)
+    chosen, objective = settings(args, model, config)
+    decoder = load_decoder(args, model, config)
 
     from dit3d_jax.generate import generate, text_encoder_for
     from dit3d_jax.utils.video import make_grid, write_image, write_video

@@ -4,43 +4,74 @@
     python train.py --config configs/tiny.py --workdir /tmp/tiny --config.train.num_steps=20
 
 `--config.a.b=value` overrides a field of the (locked) config, so a misspelt name is an error.
-Re-running with the same --workdir resumes from its latest checkpoint. The loop lives in
-`dit3d_jax.train.loop.train_and_evaluate`; `dit3d_jax.train.config.load_config_file(path,
-overrides)` builds the same config in-process (a notebook, a test).
+Re-running with the same --workdir resumes from its newest checkpoint that restores. Bad input
+(flag, config file, override, data path, init_from, checkpoints) is one `error:` line and exit
+status 2; a failed checkpoint write one `error:` line and exit status 1 (--verbose: tracebacks).
+The loop lives in `dit3d_jax.train.loop.train_and_evaluate`;
+`dit3d_jax.train.config.load_config_file(path, overrides)` builds the same config in-process (a
+notebook, a test).
 """
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from dit3d_jax.utils.cli import Failure, UsageError, report, run, verbose_requested
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config: configs/NAME.py[:arg].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, tb/, "
                     "config.json, model.json); re-running with it resumes.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv):
-    """absl parsing, with a one-line error for an override the locked config does not have."""
+    """absl's flag parsing; a bad flag, config file or override ends in one `error:` line on
+    stderr and exit status 2."""
+    try:
+        return _parse(argv)
+    except UsageError as err:
+        sys.exit(report(err, verbose_requested(argv), 2))
+
+
+def _parse(argv):
+    for i, arg in enumerate(argv):  # config_flags reports a missing file in a traceback
+        value = (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else
+                 arg[len("--config="):] if arg.startswith("--config=") else None)
+        if value is not None and not os.path.isfile(value.split(":", 1)[0]):
+            raise UsageError(f"--config {value!r}: expected a configs/NAME.py file, found no "
+                             f"file {value.split(':', 1)[0]!r}")
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        sys.exit(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help.")
+        raise UsageError(f"{err} (see --helpshort)") from err
     except (KeyError, AttributeError) as err:
         from dit3d_jax.train.config import (  # pylint: disable=import-outside-toplevel
             unknown_field_message)
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"train.py: a --config override names no field of the config "
-                 f"({' '.join(overrides)}): {unknown_field_message(err)}")
+        raise UsageError(f"a --config override names no field of the config "
+                         f"({' '.join(overrides)}): {unknown_field_message(err)}") from err
 
 
 def main(argv):
+    """Trains FLAGS.config in FLAGS.workdir; argv: what absl left after its flags."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from dit3d_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # pylint: disable=import-outside-toplevel
+    from dit3d_jax.train.checkpoint import WriteError
+    from dit3d_jax.train.loop import ConfigError, train_and_evaluate
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except ConfigError as err:  # the config, its data, init_from or the workdir's checkpoints
+        raise UsageError(str(err)) from err
+    except WriteError as err:  # disk full, permission, I/O error
+        raise Failure(str(err)) from err
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    # run(): a UsageError -> one line, exit 2; a failed save -> one line, exit 1 (--verbose is
+    # read from the whole command line, as absl has consumed it by then).
+    app.run(lambda argv: run(lambda _: main(argv), sys.argv[1:]), flags_parser=parse_flags)

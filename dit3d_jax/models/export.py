@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 
 from dit3d_jax.models import FAMILIES
 from dit3d_jax.models.dit import DiT
+from dit3d_jax.utils.cli import one_line
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -47,7 +48,8 @@ def save_exported(directory: str, model: DiT, params: Any) -> None:
 
 
 def load_exported(directory: str, **overrides: Any) -> tuple[DiT, Any]:
-    """Reads what `save_exported` wrote -> (model, params)."""
+    """Reads what `save_exported` wrote -> (model, params). FileNotFoundError when a file is
+    missing, ValueError when the params do not read back (truncated, unreadable files)."""
     directory = os.path.abspath(directory)
     spec_path = os.path.join(directory, "model.json")
     if not os.path.exists(spec_path):
@@ -55,5 +57,12 @@ def load_exported(directory: str, **overrides: Any) -> tuple[DiT, Any]:
                                 f"of convert_torch_weights.py)")
     with open(spec_path) as f:
         model = model_from_spec(json.load(f), **overrides)
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"))
+    params_dir = os.path.join(directory, "params")
+    if not os.path.isdir(params_dir):
+        raise FileNotFoundError(f"checkpoint: {directory} has model.json but no params/ (expected "
+                                f"the output of convert_torch_weights.py)")
+    try:
+        params = ocp.StandardCheckpointer().restore(params_dir)
+    except Exception as err:  # pylint: disable=broad-except  # truncated, missing, unreadable
+        raise ValueError(f"checkpoint: {params_dir} does not restore: {one_line(err)}") from err
     return model, params

@@ -17,6 +17,7 @@ Data sources (config.data.name):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -31,16 +32,35 @@ from dit3d_jax.diffusion.objective import make_objective
 from dit3d_jax.models import count_params, get_model, init_params, variant_name
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
-from dit3d_jax.train.checkpoint import Checkpointer, abstract_train_state, save_run_spec
+from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train_state,
+                                        save_run_spec)
 from dit3d_jax.train.optim import TRAINABLE, freeze_labels
 from dit3d_jax.train.sharding import make_mesh, shard_batch
 from dit3d_jax.train.state import TrainState, create_train_state
 from dit3d_jax.train.step import METRICS, make_train_step
+from dit3d_jax.utils.cli import one_line
 from dit3d_jax.utils.logging import MetricsWriter, ProgressBar, quiet_library_logs
 
 DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latents", "latent_folder")
 ENCODE_COMMAND = ("python encode_latents.py --data video_folder --data-path VIDEOS --vae VAE_DIR "
                   "--output LATENTS")
+
+
+class ConfigError(ValueError):
+    """The config, or what it points at (data, init_from, the workdir's checkpoints), cannot
+    start a run: the user's to fix. train.py reports it as one `error:` line, exit status 2."""
+
+
+@contextlib.contextmanager
+def config_errors():
+    """Turns the ValueError / FileNotFoundError of the validation a block runs (config fields,
+    data paths, init_from, checkpoints) into a ConfigError with the same message."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        raise ConfigError(str(err)) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +182,9 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
                             text_shape=(data.text_max_length, text_dim) if text_dim else None,
                             process_index=process_index, process_count=process_count)
 
+    if data.name in ("video_folder", "latent_folder") and not os.path.isdir(data.path):
+        raise ConfigError(f"data.path {data.path!r}: expected the directory that data.name="
+                          f"{data.name!r} reads, found no directory there")
     from dit3d_jax import data as data_lib  # pylint: disable=import-outside-toplevel
     if data.name != "latents" and not isinstance(model, DiT3D):
         raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
@@ -219,7 +242,7 @@ def latent_source(path: str, key: str, shape: tuple[int, ...]):
 
 
 def check_batch(batch: dict, model: DiT, config) -> None:
-    """Raises ValueError when a host batch does not fit the model (first batch only)."""
+    """Raises ConfigError when a host batch does not fit the model (first batch only)."""
     key, shape = example_shape(model)
     if "latent_mean" in batch:
         key = "latent_mean"
@@ -227,9 +250,9 @@ def check_batch(batch: dict, model: DiT, config) -> None:
     want = (local, *shape)
     got = getattr(batch.get(key), "shape", None)
     if got != want:
-        raise ValueError(f"data: expected batch[{key!r}] of shape {want} for "
-                         f"{variant_name(model)} (model.kwargs) and data.global_batch_size, got "
-                         f"{got} from data.name={config.data.name!r}; make them agree")
+        raise ConfigError(f"data: expected batch[{key!r}] of shape {want} for "
+                          f"{variant_name(model)} (model.kwargs) and data.global_batch_size, "
+                          f"got {got} from data.name={config.data.name!r}; make them agree")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +267,10 @@ def params_from_export(directory: str, model: DiT, rng: jax.Array) -> Any:
     """
     from dit3d_jax.convert import inflate  # pylint: disable=import-outside-toplevel
     from dit3d_jax.models.export import load_exported  # pylint: disable=import-outside-toplevel
-    source, params = load_exported(directory)
+    try:
+        source, params = load_exported(directory)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"init_from {directory!r}: {err}") from None
     fresh = init_params(model, rng)
     try:
         out = inflate(params, fresh)
@@ -264,13 +290,15 @@ def params_from_export(directory: str, model: DiT, rng: jax.Array) -> Any:
 
 def initial_state(config, workdir: str, model: DiT, objective, mesh,
                   ckpt: Checkpointer) -> tuple[TrainState, TrainState, Any]:
-    """(state, state_sharding, data_state or None), by the resume order of train_and_evaluate."""
+    """(state, state_sharding, data_state or None), by the resume order of train_and_evaluate.
+    CheckpointError when the workdir has checkpoints but none restores or they do not fit."""
     rng = jax.random.key(config.seed)
     latest = ckpt.latest_step()
     if latest is not None:
         logging.info("Restoring from %s/%d…", ckpt.directory, latest)
         abstract, sharding = abstract_train_state(config, model, objective, mesh)
-        state, data_state = ckpt.restore(abstract, latest)
+        # The newest checkpoint that restores; unreadable newer ones are moved aside.
+        state, data_state = ckpt.restore(abstract, set_aside=True)
         return state, sharding, data_state
     if config.init_from:
         params = params_from_export(config.init_from, model, jax.random.fold_in(rng, 1))
@@ -354,7 +382,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
          into a DiT3D; its video and text layers start fresh);
       3. else a fresh init from config.seed.
     Checkpoints: every train.checkpoint_every steps, at the end, and when SIGTERM arrives (then
-    the loop saves and returns early). Logs every train.log_every steps to workdir/metrics.jsonl,
+    the loop saves and returns early). Faults: ConfigError when the config, its data, init_from
+    or the workdir's checkpoints cannot start the run (a checkpoint that does not restore is
+    skipped with a warning, see `Checkpointer.restore_newest`); WriteError when a save or the
+    metrics fail to write (the earlier checkpoints stay; re-running resumes from the last
+    durable one). Logs every train.log_every steps to workdir/metrics.jsonl,
     TensorBoard (workdir/tb) and a progress bar (process 0).
     """
     quiet_library_logs()
@@ -367,28 +399,29 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     for name, value, low in (("num_steps", num_steps, 0), ("log_every", log_every, 1),
                              ("checkpoint_every", checkpoint_every, 1)):
         if value < low:
-            raise ValueError(f"train.{name}: expected an int >= {low}, got {value}")
+            raise ConfigError(f"train.{name}: expected an int >= {low}, got {value}")
     logging.info("Process %d of %d, %d local / %d global devices (%s).", process_index,
                  process_count, jax.local_device_count(), jax.device_count(),
                  jax.default_backend())
 
-    model = model_from_config(config)
-    objective = make_objective(config.objective, model.learn_sigma)
-    if main:
+    with config_errors():
+        model = model_from_config(config)
+        objective = make_objective(config.objective, model.learn_sigma)
+
+        logging.info("Creating device mesh…")
+        mesh = make_mesh(config.mesh)
+        logging.info("Mesh %s.", dict(mesh.shape))
+
+        logging.info("Creating the data iterator (%s)…", config.data.name)
+        data_iter = make_data_iterator(config, model, process_index=process_index,
+                                       process_count=process_count)
+
+        ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+        state, state_sharding, data_state = initial_state(config, workdir, model, objective,
+                                                          mesh, ckpt)
+    if main:  # after the restore: a workdir of another model keeps its model.json
         logging.info("Writing the resolved config and model spec to %s…", workdir)
         save_run_spec(workdir, config, model)
-
-    logging.info("Creating device mesh…")
-    mesh = make_mesh(config.mesh)
-    logging.info("Mesh %s.", dict(mesh.shape))
-
-    logging.info("Creating the data iterator (%s)…", config.data.name)
-    data_iter = make_data_iterator(config, model, process_index=process_index,
-                                   process_count=process_count)
-
-    ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
-    state, state_sharding, data_state = initial_state(config, workdir, model, objective, mesh,
-                                                      ckpt)
     if data_state is not None:
         data_iter.set_state(data_state)
     step = int(jax.device_get(state.step))
@@ -432,7 +465,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                     record = summarize(window_steps, host)
                     elapsed = time.perf_counter() - t_window
                     record["steps_per_sec"] = len(window_steps) / max(elapsed, 1e-9)
-                    writer.write(step, record)
+                    try:
+                        writer.write(step, record)
+                    except OSError as err:  # a full disk fails here too
+                        raise WriteError(f"metrics: writing step {step} to {workdir} failed: "
+                                         f"{one_line(err)}; {ckpt.durable_note()}") from err
                     bar.update(step, loss=record["loss"])
                     if first:
                         logging.info("First log at step %d (loss %.4f): %.1f s including "

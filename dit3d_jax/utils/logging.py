@@ -16,25 +16,45 @@ import logging
 import math
 import os
 import sys
+import threading
+import traceback
 from typing import Mapping, Sequence
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
 
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
 class _LibraryFilter(logging.Filter):
-    """Drops records below WARNING whose source file lies in one of the named packages."""
+    """Drops records below WARNING whose source file lies in one of the named packages; with
+    `echoes` also orbax's ERROR records that carry a traceback (a failed background save logs
+    it at every level it passes through; the caller raises the same error once)."""
 
     def __init__(self, packages: Sequence[str]):
         super().__init__()
         self.parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+        self.echoes = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.echoes and record.exc_info and _ORBAX in record.pathname:
+            return False
         return record.levelno >= logging.WARNING or not any(
             part in record.pathname for part in self.parts)
 
 
-def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
+class _AsyncioEchoFilter(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" for the tasks of an orbax write (one
+    record with a traceback per array when a save fails)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        return tb is None or not any(_ORBAX in f.filename for f in traceback.extract_tb(tb))
+
+
+def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
+                       verbose: bool | None = None) -> None:
     """Hides the INFO chatter of `packages` (orbax logs every save in detail), so the trainer's
     own narration stays readable. Warnings still show.
 
@@ -43,17 +63,60 @@ def quiet_library_logs(packages: Sequence[str] = ("orbax",)) -> None:
     nothing here touches a handler: packages that log through absl (orbax does) log on the
     'absl' logger, which gets a filter on the record's source path; packages with loggers of
     their own (`logging.getLogger(package)`) get level WARNING, unless one was set. Calling it
-    again adds nothing."""
+    again adds nothing.
+
+    Unless verbose (default: `--verbose` on the command line or DIT3D_VERBOSE=1), the echoes
+    of orbax errors are dropped too (`_LibraryFilter.echoes`, `_AsyncioEchoFilter`,
+    `_quiet_thread_echoes`): a failed save then reads as the one error line its caller
+    reports, not as a traceback per array."""
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    from dit3d_jax.utils.cli import verbose_requested  # pylint: disable=import-outside-toplevel
     quiet = _LibraryFilter(packages)
     absl_logger = absl_logging.get_absl_logger()
-    if not any(isinstance(f, _LibraryFilter) and f.parts == quiet.parts
-               for f in absl_logger.filters):
+    same = [f for f in absl_logger.filters
+            if isinstance(f, _LibraryFilter) and f.parts == quiet.parts]
+    if same:
+        quiet = same[0]
+    else:
         absl_logger.addFilter(quiet)
     for package in packages:
         logger = logging.getLogger(package)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+    if verbose if verbose is not None else verbose_requested(sys.argv[1:]):
+        return
+    quiet.echoes = True
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AsyncioEchoFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AsyncioEchoFilter())
+    _quiet_thread_echoes()
+
+
+def _quiet_thread_echoes() -> None:
+    """After a failed orbax write, TensorStore's callbacks find orbax's event loop closed and
+    Python prints "RuntimeError: Event loop is closed" once per array (sys.unraisablehook);
+    on a full disk TensorBoard's writer thread dies with a traceback (threading.excepthook).
+    Those become nothing, and one warning line; every other exception keeps its hook."""
+    if getattr(sys.unraisablehook, "dit3d_quiet", False):
+        return
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+
+    def on_unraisable(info):
+        if not (isinstance(info.exc_value, RuntimeError)
+                and str(info.exc_value) == "Event loop is closed"):
+            unraisable(info)
+
+    def on_thread_error(args):
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        if isinstance(args.exc_value, OSError) and any(
+                f"{os.sep}tensorboardX{os.sep}" in f.filename for f in frames):
+            logging.getLogger(__name__).warning("TensorBoard event writer stopped: %s",
+                                                args.exc_value)
+            return
+        thread_hook(args)
+
+    on_unraisable.dit3d_quiet = True
+    sys.unraisablehook, threading.excepthook = on_unraisable, on_thread_error
 
 
 def read_metrics(workdir: str) -> list[dict]:

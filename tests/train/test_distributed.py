@@ -1,16 +1,20 @@
-"""Two JAX processes (jax.distributed on CPU, one device each) train configs/tiny.py together."""
+"""Two JAX processes (jax.distributed on CPU, one device each) train configs/tiny.py together,
+and stop together when one of them gets SIGTERM."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# argv[1]: JSON {"port", "process_id" (None: a single-process reference run), "workdir"}.
+# argv[1]: JSON {"port", "process_id" (None: a single-process reference run), "workdir",
+# "overrides" (config fields)}.
 CHILD = r"""
 import hashlib, json, sys
 import jax, numpy as np
@@ -20,7 +24,7 @@ if args["process_id"] is not None:
                                num_processes=2, process_id=args["process_id"])
 from dit3d_jax.train.config import load_config_file
 from dit3d_jax.train.loop import train_and_evaluate
-config = load_config_file(args["config"], {"train.num_steps": 3, "train.checkpoint_every": 3})
+config = load_config_file(args["config"], args["overrides"])
 state = train_and_evaluate(config, args["workdir"])
 params = jax.tree_util.tree_leaves(state.params)
 digest = hashlib.sha256()
@@ -50,9 +54,10 @@ def _env():
     return env
 
 
-def _start(workdir, process_id, port=None, log=None):
+def _start(workdir, process_id, port=None, log=None, overrides=None):
     args = dict(config=os.path.join(REPO, "configs", "tiny.py"), workdir=str(workdir),
-                process_id=process_id, port=port)
+                process_id=process_id, port=port,
+                overrides=overrides or {"train.num_steps": 3, "train.checkpoint_every": 3})
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO,
                             env=_env(), stdout=subprocess.PIPE, stderr=log, text=True)
 
@@ -90,3 +95,27 @@ def test_two_processes_train_one_model_on_split_batches(tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"),
                                rtol=1e-5)
     np.testing.assert_allclose(results[0]["sum"], ref["sum"], rtol=1e-5)
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_saved_step(tmp_path):
+    """A preemption notice reaching only process 1: both agree on the step (at the next log
+    step; tiny logs every step), both save that one checkpoint, both exit 0."""
+    port, workdir = _free_port(), tmp_path / "multi"
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    overrides = {"train.num_steps": 100_000, "train.checkpoint_every": 100_000}
+    procs = [_start(workdir, i, port, open(logs[i], "w"), overrides) for i in range(2)]
+    deadline = time.time() + 300
+    while not (workdir / "metrics.jsonl").exists() or not _losses(workdir):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, \
+            open(logs[0]).read()[-3000:] + open(logs[1]).read()[-3000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    results = [_result(p, log) for p, log in zip(procs, logs)]
+    step = results[0]["step"]
+    assert 1 <= step < 100_000 and results[1]["step"] == step
+    assert results[0]["sha256"] == results[1]["sha256"]
+    assert os.listdir(workdir / "checkpoints") == [str(step)]
+    data_dir = workdir / "checkpoints" / str(step) / "data"
+    for i in range(2):
+        assert json.loads((data_dir / f"process_{i}-of-2.json").read_text()) == {"batch": step}
+    assert "Stopping at step %d on SIGTERM" % step in open(logs[0]).read()
