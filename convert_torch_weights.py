@@ -3,10 +3,14 @@
     python convert_torch_weights.py --checkpoint DiT-XL-2-256x256.pt --output runs/dit_xl2
     python convert_torch_weights.py --checkpoint ckpt.pt --inflate-to DiT3D-S/2 --num-frames 16 \
         --text-dim 384 --output runs/dit3d_s2_init
+    python convert_torch_weights.py --vit vit_b_16.pth --input-size 64 --output runs/vit_b16_64
 
 Accepts a plain state_dict or DiT's training dict (uses 'ema', else 'model'). Writes DIR/params
 (orbax) and DIR/model.json, loadable by sample.py (--checkpoint DIR) and train.py
-(--config.init_from=DIR). Needs torch (`pip install -e '.[convert]'`).
+(--config.init_from=DIR). `--vit` takes a torchvision ViT state_dict (e.g. `vit_b_16`'s
+ImageNet weights, saved with torch.save(model.state_dict(), PATH)) and writes the image ViT
+backbone, position grid resized to --input-size; as init_from it fills a ViT3D's backbone and the
+video layers start fresh. Needs torch (`pip install -e '.[convert]'`).
 """
 from __future__ import annotations
 
@@ -16,10 +20,15 @@ import sys
 
 import jax
 
+from dit3d_jax.utils.cli import UsageError, run
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="PyTorch .pt file")
+    parser.add_argument("--checkpoint", default=None, help="PyTorch DiT .pt file")
+    parser.add_argument("--vit", default=None, help="torchvision ViT state_dict (.pth)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="--vit: frame size the ViT3D will see (default: the file's)")
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--model", default=None, help="e.g. DiT-S/2 (default: inferred)")
     parser.add_argument("--inflate-to", default=None, help="e.g. DiT3D-S/2: put DiT into a DiT3D")
@@ -30,8 +39,52 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def convert_vit(args) -> int:
+    """--vit: torchvision ViT state_dict -> DIR holding the image ViT backbone."""
+    if args.checkpoint is not None:
+        raise UsageError("--vit and --checkpoint: expected one of them, got both")
+    if not os.path.isfile(args.vit):
+        raise UsageError(f"--vit {args.vit!r}: expected a torchvision ViT state_dict file, got "
+                         f"no such file")
+    if os.path.exists(os.path.join(args.output, "params")):
+        raise UsageError(f"--output {args.output!r} already holds params; choose a new directory")
+    import torch
+
+    from dit3d_jax.convert.torch_vit import convert_torch_vit, infer_vit
+    from dit3d_jax.models import count_params, variant_name
+    from dit3d_jax.models.export import save_exported
+
+    try:
+        state_dict = torch.load(args.vit, map_location="cpu", weights_only=True)
+    except Exception as err:  # pylint: disable=broad-except  (any unreadable file)
+        raise UsageError(f"--vit {args.vit!r}: expected a torch.save'd state_dict, could not "
+                         f"load it ({type(err).__name__}: {err})") from None
+    if not isinstance(state_dict, dict):
+        raise UsageError(f"--vit {args.vit!r}: expected a state_dict (dict of tensors), got "
+                         f"{type(state_dict).__name__}")
+    try:
+        model = infer_vit(state_dict)
+        stored = model.input_size
+        if args.input_size is not None:
+            model = model.clone(input_size=args.input_size)
+        params = convert_torch_vit(state_dict, model)
+    except ValueError as err:
+        raise UsageError(f"--vit {args.vit!r}: {err}") from None
+    save_exported(args.output, model, params)
+    resized = "" if model.input_size == stored else f" (position grid resized from {stored})"
+    print(f"tensors read: {len(state_dict)} (heads.* skipped: the ImageNet classifier)\n"
+          f"variant: {variant_name(model)}, input {model.input_size}{resized}\n"
+          f"parameters: {count_params(params):,}\nwrote {os.path.abspath(args.output)}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.vit is not None:
+        return convert_vit(args)
+    if args.checkpoint is None:
+        raise UsageError("expected --checkpoint PATH (a DiT .pt) or --vit PATH (a torchvision "
+                         "ViT state_dict)")
     if not os.path.isfile(args.checkpoint):
         sys.exit(f"error: --checkpoint {args.checkpoint!r} does not exist")
     if os.path.exists(os.path.join(args.output, "params")):
@@ -73,4 +126,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
