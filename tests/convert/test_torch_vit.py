@@ -151,3 +151,32 @@ def test_script_converts_and_resizes_and_refuses_bad_files(state_dict, tmp_path)
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "unknown keys: ['encoder.extra']" in bad.stderr
+
+
+def test_the_vit_b_16_layout_maps_onto_vit_b_16():
+    """Every key of torchvision's vit_b_16 (shapes from the issue) lands on a ViT-B/16 param of
+    the transposed shape; with the skipped classifier they count 86,567,656."""
+    from dit3d_jax.convert.torch_dit import _expected_shapes
+    from dit3d_jax.convert.torch_vit import vit_flax_path
+    d = 768
+    shapes = {"conv_proj.weight": (d, 3, 16, 16), "conv_proj.bias": (d,),
+              "class_token": (1, 1, d), "encoder.pos_embedding": (1, 197, d),
+              "encoder.ln.weight": (d,), "encoder.ln.bias": (d,)}
+    for i in range(12):
+        p = f"encoder.layers.encoder_layer_{i}."
+        shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,),
+                       p + "ln_2.bias": (d,), p + "self_attention.in_proj_weight": (3 * d, d),
+                       p + "self_attention.in_proj_bias": (3 * d,),
+                       p + "self_attention.out_proj.weight": (d, d),
+                       p + "self_attention.out_proj.bias": (d,), p + "mlp.0.weight": (3072, d),
+                       p + "mlp.0.bias": (3072,), p + "mlp.3.weight": (d, 3072),
+                       p + "mlp.3.bias": (d,)})
+    expected = _expected_shapes(get_model("ViT-B/16"))
+    mapped = {}
+    for key, shape in shapes.items():
+        path = vit_flax_path(key)
+        kernel = path[-1] == "kernel"
+        mapped[path] = shape[2:] + shape[1::-1] if kernel and len(shape) == 4 else \
+            shape[::-1] if kernel else shape
+    assert mapped == expected
+    assert sum(np.prod(s) for s in shapes.values()) + 768 * 1000 + 1000 == 86_567_656
