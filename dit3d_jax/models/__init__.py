@@ -95,5 +95,4 @@ def count_params(params: Any) -> int:
 
 
 __all__ = ["DiT", "DiT3D", "ViT", "ViT3D", "MODEL_NAMES", "family_of", "get_model", "init_params",
-           "init_boxed",
-           "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]
+           "init_boxed", "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]
