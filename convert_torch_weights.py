@@ -4,12 +4,16 @@
     python convert_torch_weights.py --checkpoint ckpt.pt --inflate-to DiT3D-S/2 --num-frames 16 \
         --text-dim 384 --output runs/dit3d_s2_init
     python convert_torch_weights.py --vae sd-vae-ft-ema/ --output runs/sd_vae
+    python convert_torch_weights.py --vit vit_b_16.pth --input-size 64 --output runs/vit_b16_64
 
 Accepts a plain state_dict or DiT's training dict (uses 'ema', else 'model'). Writes DIR/params
 (orbax) and DIR/model.json, loadable by sample.py (--checkpoint DIR) and train.py
 (--config.init_from=DIR). With --vae (a diffusers AutoencoderKL directory or its
 diffusion_pytorch_model.safetensors/.bin, an LDM vae-ft-*.safetensors, or an SD .ckpt) it writes
-DIR/params and DIR/vae.json instead (`dit3d_jax.models.vae.load_vae`).
+DIR/params and DIR/vae.json instead (`dit3d_jax.models.vae.load_vae`). `--vit` takes a torchvision
+ViT state_dict (e.g. `vit_b_16`'s ImageNet weights, saved with torch.save(model.state_dict(), PATH))
+and writes the image ViT backbone, position grid resized to --input-size; as init_from it fills a
+ViT3D's backbone and the video layers start fresh.
 Needs torch (`pip install -e '.[convert]'`). Bad input (a missing file, a file that is not a
 PyTorch checkpoint, a state_dict of another model) is one `error:` line and exit status 2.
 """
@@ -30,6 +34,10 @@ def parse_args(argv):
     parser.add_argument("--checkpoint", default=None, help="PyTorch .pt file (DiT)")
     parser.add_argument("--vae", default=None, help="SD VAE weights (diffusers dir or file, LDM "
                         "file); converted instead of a DiT")
+    parser.add_argument("--vit", default=None, help="torchvision ViT state_dict (.pth); "
+                        "converted instead of a DiT")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="--vit: frame size the ViT3D will see (default: the file's)")
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--model", default=None, help="e.g. DiT-S/2 (default: inferred)")
     parser.add_argument("--inflate-to", default=None, help="e.g. DiT3D-S/2: put DiT into a DiT3D")
@@ -41,7 +49,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_torch_checkpoint(path: str):
+def load_torch_checkpoint(path: str, flag: str = "--checkpoint"):
     """torch.load(path) without running pickled code (weights_only; DiT's training dicts carry
     an argparse.Namespace, allowed). UsageError when it is not a checkpoint torch can read."""
     try:
@@ -55,18 +63,23 @@ def load_torch_checkpoint(path: str):
     except Exception as err:  # pylint: disable=broad-except  # not a checkpoint, truncated, ...
         detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(err), re.S)
         why = " ".join(detail.group(1).split()) if detail else one_line(err, 200)
-        raise UsageError(f"--checkpoint {path!r}: expected a PyTorch checkpoint (torch.save of a "
+        raise UsageError(f"{flag} {path!r}: expected a PyTorch checkpoint (torch.save of a "
                          f"state_dict or of DiT's training dict), torch.load cannot read it: "
                          f"{why}") from err
 
 
 def main(argv) -> int:
     args = parse_args(argv)
-    if (args.checkpoint is None) == (args.vae is None):
-        raise UsageError("expected exactly one of --checkpoint (a DiT .pt) or --vae (SD VAE "
-                         f"weights), got {'both' if args.vae else 'neither'}")
+    given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--vae", args.vae),
+                                      ("--vit", args.vit)) if value is not None]
+    if len(given) != 1:
+        got = " and ".join(given) or "none"
+        raise UsageError("expected exactly one of --checkpoint (a DiT .pt), --vae (SD VAE weights) "
+                         f"or --vit (a torchvision ViT state_dict), got {got}")
     if args.vae is not None:
         return convert_vae(args)
+    if args.vit is not None:
+        return convert_vit(args)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
     if os.path.exists(os.path.join(args.output, "params")):
@@ -131,6 +144,38 @@ def convert_vae(args) -> int:
           f"parameters: {count_params(params):,}\nwrote {os.path.abspath(args.output)}")
     return 0
 
+
+
+def convert_vit(args) -> int:
+    """--vit: torchvision ViT state_dict -> DIR holding the image ViT backbone."""
+    if not os.path.isfile(args.vit):
+        raise UsageError(f"--vit {args.vit!r}: expected a torchvision ViT state_dict file, got "
+                         f"no such file")
+    if os.path.exists(os.path.join(args.output, "params")):
+        raise UsageError(f"--output {args.output!r} already holds params; choose a new directory")
+
+    from dit3d_jax.convert.torch_vit import convert_torch_vit, infer_vit
+    from dit3d_jax.models import count_params, variant_name
+    from dit3d_jax.models.export import save_exported
+
+    state_dict = load_torch_checkpoint(args.vit, "--vit")
+    if not isinstance(state_dict, dict):
+        raise UsageError(f"--vit {args.vit!r}: expected a state_dict (dict of tensors), got "
+                         f"{type(state_dict).__name__}")
+    try:
+        model = infer_vit(state_dict)
+        stored = model.input_size
+        if args.input_size is not None:
+            model = model.clone(input_size=args.input_size)
+        params = convert_torch_vit(state_dict, model)
+    except ValueError as err:
+        raise UsageError(f"--vit {args.vit!r}: {err}") from None
+    save_exported(args.output, model, params)
+    resized = "" if model.input_size == stored else f" (position grid resized from {stored})"
+    print(f"tensors read: {len(state_dict)} (heads.* skipped: the ImageNet classifier)\n"
+          f"variant: {variant_name(model)}, input {model.input_size}{resized}\n"
+          f"parameters: {count_params(params):,}\nwrote {os.path.abspath(args.output)}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(run(main))

@@ -1,4 +1,5 @@
-"""Models: DiT (image) and DiT3D (video), the variant registry and parameter helpers.
+"""Models: DiT (image), DiT3D (video), ViT3D (video on a ViT backbone) and the image ViT
+backbone; the variant registry and parameter helpers.
 
     model = get_model("DiT3D-S/2", num_frames=16, text_dim=384)
     params = init_params(model, jax.random.key(0))
@@ -16,19 +17,29 @@ import numpy as np
 
 from dit3d_jax.models.dit import PATCHES, SIZES, DiT
 from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.models.vit3d import VIT_PATCHES, VIT_SIZES, ViT, ViT3D
 
-FAMILIES = {"DiT": DiT, "DiT3D": DiT3D}
-MODEL_NAMES = tuple(f"{family}-{size}/{patch}" for family in FAMILIES for size in SIZES
-                    for patch in PATCHES)
+FAMILIES = {"DiT": DiT, "DiT3D": DiT3D, "ViT3D": ViT3D, "ViT": ViT}
+_TABLES = {"DiT": (SIZES, PATCHES), "DiT3D": (SIZES, PATCHES), "ViT3D": (VIT_SIZES, VIT_PATCHES),
+           "ViT": (VIT_SIZES, VIT_PATCHES)}
+MODEL_NAMES = tuple(f"{family}-{size}/{patch}" for family, (sizes, patches) in _TABLES.items()
+                    for size in sizes for patch in patches)
+
+
+def family_of(model: nn.Module) -> str:
+    """"DiT", "DiT3D", "ViT3D" or "ViT": the registry name of the model's class."""
+    return next(k for k, cls in FAMILIES.items() if type(model) is cls)
 
 
 def get_model(name: str, **overrides: Any) -> DiT:
-    """Builds a registered variant, e.g. "DiT-XL/2" or "DiT3D-S/2"; overrides set module fields."""
-    match = re.fullmatch(r"(DiT3D|DiT)-(S|B|L|XL)/(\d+)", name)
-    if match is None or int(match.group(3)) not in PATCHES:
+    """Builds a registered variant, e.g. "DiT-XL/2", "DiT3D-S/2" or "ViT3D-B/16" (a "ViT-B/16" is
+    the image backbone alone, not a denoiser); overrides set module fields."""
+    match = re.fullmatch(r"(DiT3D|DiT|ViT3D|ViT)-(\w+)/(\d+)", name)
+    sizes, patches = _TABLES[match.group(1)] if match else ({}, ())
+    if match is None or match.group(2) not in sizes or int(match.group(3)) not in patches:
         raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     family, size, patch = match.group(1), match.group(2), int(match.group(3))
-    depth, hidden, heads = SIZES[size]
+    depth, hidden, heads = sizes[size]
     cls = FAMILIES[family]
     fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
@@ -41,8 +52,8 @@ def get_model(name: str, **overrides: Any) -> DiT:
 
 def variant_name(model: DiT) -> str:
     """"DiT-S/2"-style name of a model (with its depth when it differs from the table's)."""
-    family = "DiT3D" if isinstance(model, DiT3D) else "DiT"
-    for size, (depth, hidden, heads) in SIZES.items():
+    family = family_of(model)
+    for size, (depth, hidden, heads) in _TABLES[family][0].items():
         if (hidden, heads) == (model.hidden_size, model.num_heads):
             suffix = "" if depth == model.depth else f" (depth {model.depth})"
             return f"{family}-{size}/{model.patch_size}{suffix}"
@@ -52,6 +63,8 @@ def variant_name(model: DiT) -> str:
 def dummy_inputs(model: DiT, batch: int = 1) -> dict:
     """Zero inputs of the right shapes for `model.init` / `jax.eval_shape`."""
     s, c = model.input_size, model.in_channels
+    if isinstance(model, ViT):
+        return dict(x=jnp.zeros((batch, s, s, c), jnp.float32))
     shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
     inputs = dict(x=jnp.zeros(shape, jnp.float32), t=jnp.zeros((batch,), jnp.float32))
     if model.num_classes > 0:
@@ -81,5 +94,5 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["DiT", "DiT3D", "MODEL_NAMES", "get_model", "init_params", "init_boxed",
-           "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]
+__all__ = ["DiT", "DiT3D", "ViT", "ViT3D", "MODEL_NAMES", "family_of", "get_model", "init_params",
+           "init_boxed", "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]

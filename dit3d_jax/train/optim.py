@@ -9,6 +9,8 @@ trainable leaves. `optim.freeze` is
   - "none": train everything;
   - "backbone": freeze every parameter the image DiT of the same configuration has (same path and
     shape), i.e. train only the video layers (temporal attention, cross-attention, text layers);
+    for a ViT3D the image model is its ViT backbone (`ViT3D.backbone_model()`), so the ViT is
+    frozen and the timestep/label/text embedders, video blocks, head and 3-D convolution train;
   - anything else: a regular expression `re.search`-ed against "/"-joined parameter paths such as
     "blocks_3/attn/qkv/kernel"; matching leaves are frozen.
 Weight decay (AdamW's decoupled form) applies to every trainable leaf, as torch.optim.AdamW over
@@ -28,6 +30,7 @@ import optax
 from dit3d_jax.models import init_boxed
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.models.vit3d import ViT3D
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 ADAM_EPS = 1e-8
@@ -60,7 +63,10 @@ def _flat_shapes(model: DiT) -> dict[str, tuple]:
 
 
 def image_counterpart(model: DiT) -> DiT:
-    """The image DiT with the same shared fields (the backbone a DiT3D was inflated from)."""
+    """The image DiT with the same shared fields (the backbone a DiT3D was inflated from); for a
+    ViT3D its image ViT."""
+    if isinstance(model, ViT3D):
+        return model.backbone_model()
     shared = {f.name: getattr(model, f.name) for f in dataclasses.fields(DiT)
               if f.name not in ("parent", "name")}
     return DiT(**shared)
