@@ -87,7 +87,9 @@ def _carry_only(block_cls):
 
 
 def stack_blocks(params: dict, depth: int) -> dict:
-    """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout)."""
+    """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout).
+    Boxed params (nn.Partitioned leaves) are unboxed: the result holds plain arrays."""
+    params = nn.unbox(params)
     layers = [params[f"blocks_{i}"] for i in range(depth)]
     out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
     out["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
