@@ -193,8 +193,21 @@ class DiT(nn.Module):
             drop = rand if drop is None else drop | rand
         return drop
 
-    def label_embedding(self, y, batch: int, force_drop, train: bool) -> Optional[jax.Array]:
-        """y (B,) int or None -> (B, D), or None for a model without classes."""
+    def label_drops(self, batch: int, force_drop, train: bool):
+        """(B,) bool rows whose label is replaced by the null class: force_drop, and with
+        train=True also rows drawn with class_dropout_prob (DiT's rate); None when nothing drops
+        or the model has no classes."""
+        if self.num_classes == 0:
+            return None
+        return self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
+
+    def condition_drops(self, batch: int, force_drop, train: bool):
+        """(label drop, text drop), each (B,) bool or None; the image DiT has no text."""
+        return self.label_drops(batch, force_drop, train), None
+
+    def label_embedding(self, y, batch: int, drop) -> Optional[jax.Array]:
+        """y (B,) int or None, drop (B,) bool or None -> (B, D), or None for a model without
+        classes."""
         if self.num_classes == 0:
             if y is not None:
                 raise ValueError("y: this model has num_classes=0 and takes no labels")
@@ -203,7 +216,6 @@ class DiT(nn.Module):
             if self.class_dropout_prob <= 0:
                 raise ValueError("y: labels are required (class_dropout_prob=0, no null class)")
             y = jnp.full((batch,), self.num_classes, jnp.int32)
-        drop = self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
         return self.y_embedder(y, drop)
 
     def check_inputs(self, x, t, y, spatial_shape: tuple) -> None:
@@ -237,7 +249,8 @@ class DiT(nn.Module):
         self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
         h = self.x_embedder(x) + self.pos_embed().astype(self.dtype)
         c = self.t_embedder(t)
-        y_emb = self.label_embedding(y, x.shape[0], force_drop, train)
+        label_drop, _ = self.condition_drops(x.shape[0], force_drop, train)
+        y_emb = self.label_embedding(y, x.shape[0], label_drop)
         if y_emb is not None:
             c = c + y_emb
         return self.head(self.run_blocks(h, c), c)
