@@ -4,6 +4,7 @@ Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos pos
 and label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify.
 Parameter names follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at
 zero (adaLN modulations, the final linear) is set where each layer is declared in `layers.py`.
+The residual stream between the blocks stays float32 whatever the compute `dtype`.
 `scan_blocks=True` runs the blocks as one `nn.scan` (params stacked on a leading depth axis: one
 compiled block instead of `depth`); `remat` = "full" | "dots" recomputes activations in the
 backward pass.
@@ -25,7 +26,9 @@ from dit3d_jax.models.layers import (Dtype, LabelEmbedder, Mlp, PatchEmbed, Self
 class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention and MLP, each modulated (shift, scale, gate) by c.
 
-    x: (B, N, D), c: (B, D) -> (B, N, D).
+    x: (B, N, D) float32 (the residual stream), c: (B, D) -> (B, N, D) float32. The branches
+    compute in `dtype` and their gated outputs are added to the float32 stream, as PyTorch's
+    autocast does (docs/performance.md, "bf16 and the residual stream").
     """
     hidden_size: int
     num_heads: int
@@ -247,7 +250,7 @@ class DiT(nn.Module):
 
     def __call__(self, x, t, y=None, force_drop=None, train: bool = False) -> jax.Array:
         self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
-        h = self.x_embedder(x) + self.pos_embed().astype(self.dtype)
+        h = self.x_embedder(x).astype(jnp.float32) + self.pos_embed()  # float32 residual
         c = self.t_embedder(t)
         label_drop, _ = self.condition_drops(x.shape[0], force_drop, train)
         y_emb = self.label_embedding(y, x.shape[0], label_drop)

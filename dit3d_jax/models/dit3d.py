@@ -32,8 +32,8 @@ def _gate_one_bias(key, shape, dtype=jnp.float32):
 class DiT3DBlock(DiTBlock):
     """DiT block + temporal attention (optional) + text cross-attention (optional).
 
-    x: (B, F, N, D), c: (B, D), text: (B, L, D) projected tokens or None, text_mask (B, L) bool,
-    temporal_pos: (F, D) -> (B, F, N, D).
+    x: (B, F, N, D) float32, c: (B, D), text: (B, L, D) projected tokens or None, text_mask
+    (B, L) bool, temporal_pos: (F, D) -> (B, F, N, D) float32 (the residual stream).
     """
     temporal: bool = True
     cross: bool = False
@@ -58,9 +58,9 @@ class DiT3DBlock(DiTBlock):
         if self.temporal:
             # Temporal attention: each token position attends across the F frames.
             shift, scale, gate = jnp.split(self.temporal_adaLN(nn.silu(c)), 3, axis=-1)
-            h = norm_modulate(x, shift, scale).reshape(b, f, n, d)
-            h = h + temporal_pos[None, :, None].astype(h.dtype)
-            h = self.temporal_attn(h.transpose(0, 2, 1, 3).reshape(b * n, f, d))
+            h = norm_modulate(x, shift, scale).reshape(b, f, n, d) + temporal_pos[None, :, None]
+            h = h.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b * n, f, d)
+            h = self.temporal_attn(h)
             x = x + gate[:, None] * h.reshape(b, n, f, d).transpose(0, 2, 1, 3).reshape(b, f * n, d)
         if self.cross:
             x = x + self.cross_attn(norm(x), text, text_mask)
@@ -177,7 +177,7 @@ class DiT3D(DiT):
         self.check_text(text, text_mask, b)
 
         h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
-        h = (h + self.pos_embed().astype(self.dtype)).reshape(b, f, -1, self.hidden_size)
+        h = (h.astype(jnp.float32) + self.pos_embed()).reshape(b, f, -1, self.hidden_size)
         c = self.t_embedder(t)
         label_drop, text_drop = self.condition_drops(b, force_drop, train)
         y_emb = self.label_embedding(y, b, label_drop)

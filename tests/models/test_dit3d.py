@@ -226,3 +226,20 @@ def test_all_false_text_mask_row_is_the_null_text(models):
     assert np.abs(np.asarray(with_label[0]) - np.asarray(got[0])).max() > 1e-3
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(video.apply(
         {"params": params}, x, t, text=text, text_mask=mask)[1]), atol=1e-6)
+
+
+def test_bf16_residual_stream_stays_float32():
+    """The blocks compute in bf16 but add into a float32 residual stream (PyTorch autocast's
+    arrangement); a bf16 stream rounds every addition (docs/performance.md)."""
+    model = get_model("DiT3D-S/8", depth=2, input_size=16, hidden_size=64, num_heads=2,
+                      num_frames=2, text_dim=8, num_classes=3, dtype=jnp.bfloat16)
+    params = init_params(model, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, 2, 16, 16, 4))
+    args = (x, jnp.array([500.0]), jnp.array([1]))
+    _, state = model.apply({"params": params}, *args, text=jnp.ones((1, 3, 8)),
+                           capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    for block in ("blocks_0", "blocks_1"):
+        (out,) = inter[block]["__call__"]
+        assert out.dtype == jnp.float32, (block, out.dtype)
+    assert inter["blocks_0"]["attn"]["__call__"][0].dtype == jnp.bfloat16  # branches in bf16
