@@ -231,15 +231,15 @@ def test_all_false_text_mask_row_is_the_null_text(models):
 def test_bf16_residual_stream_stays_float32():
     """The blocks compute in bf16 but add into a float32 residual stream (PyTorch autocast's
     arrangement); a bf16 stream rounds every addition (docs/performance.md)."""
-    model = get_model("DiT3D-S/8", depth=2, input_size=16, hidden_size=64, num_heads=2,
+    model = get_model("DiT3D-S/4", depth=1, input_size=8, hidden_size=32, num_heads=2,
                       num_frames=2, text_dim=8, num_classes=3, dtype=jnp.bfloat16)
     params = init_params(model, jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (1, 2, 16, 16, 4))
+    x = jax.random.normal(jax.random.key(1), (1, 2, 8, 8, 4))
     args = (x, jnp.array([500.0]), jnp.array([1]))
-    _, state = model.apply({"params": params}, *args, text=jnp.ones((1, 3, 8)),
-                           capture_intermediates=True, mutable=["intermediates"])
+    _, state = jax.jit(lambda p: model.apply({"params": p}, *args, text=jnp.ones((1, 3, 8)),
+                                             capture_intermediates=True,
+                                             mutable=["intermediates"]))(params)
     inter = state["intermediates"]
-    for block in ("blocks_0", "blocks_1"):
-        (out,) = inter[block]["__call__"]
-        assert out.dtype == jnp.float32, (block, out.dtype)
+    (out,) = inter["blocks_0"]["__call__"]
+    assert out.dtype == jnp.float32
     assert inter["blocks_0"]["attn"]["__call__"][0].dtype == jnp.bfloat16  # branches in bf16
