@@ -36,6 +36,9 @@ def parse_args(argv):
     p.add_argument("--sampler", default=None,
                    help="ddpm or ddim (gaussian), euler or heun (flow); default: the config's")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
+    p.add_argument("--guidance-channels", type=int, default=None,
+                   help="guide only the first N channels (3 reproduces DiT's sample.py); "
+                        "default: all")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
@@ -99,8 +102,9 @@ def conditions(args, model, config):
 
 
 def settings(args, model, config):
-    """-> (generate()'s sampler/steps/cfg_scale/eta, objective): flags, else the config, else
-    DiT's (`dit3d_jax.generate.sample_settings`)."""
+    """-> (generate()'s sampler/steps/cfg_scale/eta/guidance_channels, objective): flags, else
+    the config, else DiT's (`dit3d_jax.generate.sample_settings`); guidance_channels: the flag or
+    None (all channels)."""
     from dit3d_jax.diffusion.objective import make_objective
     from dit3d_jax.generate import sample_settings
     objective = make_objective(config.objective if config is not None else {"name": "gaussian"},
@@ -110,7 +114,11 @@ def settings(args, model, config):
                                  cfg_scale=args.cfg_scale, eta=args.eta)
     except ValueError as err:  # its messages start with the argument: "steps 0: ..."
         raise UsageError(f"--{err}") from None
-    return chosen, objective
+    g = args.guidance_channels
+    if g is not None and not 1 <= g <= model.in_channels:
+        raise UsageError(f"--guidance-channels {g}: expected an int in [1, {model.in_channels}] "
+                         f"(the model's channels)")
+    return dict(chosen, guidance_channels=g), objective
 
 
 def load_decoder(args, model, config):

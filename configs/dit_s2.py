@@ -30,8 +30,8 @@ def get_config(arg: str = ""):
     config.model.name = "DiT-S/2"
     # The image DiT has no video or text fields: replace the defaults' kwargs.
     config.model.kwargs = ml_collections.ConfigDict(dict(
-        input_size=32, in_channels=4, num_classes=1000, learn_sigma=True, attn_impl="xla",
-        scan_blocks=False, remat="none"))
+        input_size=32, in_channels=4, num_classes=1000, class_dropout_prob=0.1,
+        learn_sigma=True, attn_impl="xla", scan_blocks=False, remat="none"))
     config.data.update(dict(name="random" if arg == "benchmark" else "latents", path="",
                             global_batch_size=256, text_encoder="", text_max_length=32))
     config.train.update(dict(num_steps=400_000, log_every=100, checkpoint_every=5_000,

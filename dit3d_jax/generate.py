@@ -69,9 +69,13 @@ def model_apply_fn(model: DiT):
 def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Sequence[str]] = None,
              labels: Optional[Sequence[int]] = None, num: int = 1, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 4.0, seed: int = 0, eta: float = 0.0,
-             encoder: Any = None, progress: bool = True, dtype: str = "auto") -> np.ndarray:
+             encoder: Any = None, progress: bool = True, dtype: str = "auto",
+             guidance_channels: Optional[int] = None) -> np.ndarray:
     """`num` samples for each prompt / label (given together they pair up row by row).
 
+    guidance_channels: CFG guides the first this many data channels, the rest (and the learned
+    variance) come from the conditional branch; None guides all. 3 reproduces DiT's sample.py
+    (its forward_with_cfg guides 3 of the 4 latent channels).
     dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
     "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
     and the sampler's state float32.
@@ -95,5 +99,6 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
 
     x = sample(model_apply_fn(model), params, shape, cond, jax.random.key(seed), objective=objective,
-               sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, progress=progress)
+               sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, progress=progress,
+               guidance_channels=guidance_channels)
     return np.asarray(x)

@@ -2,6 +2,7 @@
 DiT's; a sampler that does not exist or does not fit the objective is an error naming it.
 generate's compute dtype: "auto" is float32 on this CPU, bfloat16 stays close to it."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -52,3 +53,26 @@ def test_generate_compute_dtype():
     assert np.abs(bf16 - f32).max() <= 0.05 * np.abs(f32).max()
     with pytest.raises(ValueError, match="compute_dtype"):
         run("float16")
+
+
+def test_generate_passes_guidance_channels_to_the_sampler():
+    """guidance_channels=3 (DiT's sample.py) guides only the first 3 of the 4 latent channels:
+    generate gives exactly what sample() gives with it, and not what full guidance gives."""
+    from dit3d_jax.diffusion import sample
+    from dit3d_jax.generate import model_apply_fn
+    model = get_model("DiT-S/8", depth=1, input_size=16, num_classes=4, hidden_size=64,
+                      num_heads=2)
+    params = init_params(model, jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda p: p + 0.02 * np.sign(p + 0.5), params)
+    objective = make_objective(default_config().objective, model.learn_sigma)
+    kw = dict(sampler="ddim", steps=4, cfg_scale=4.0, progress=False)
+    run = lambda g: generate(model, params, objective, labels=[1, 2], dtype="float32",
+                             guidance_channels=g, **kw)
+    three, every = run(3), run(None)
+    want = sample(model_apply_fn(model.clone(dtype=jnp.float32)), params, (2, 16, 16, 4),
+                  {"y": np.array([1, 2], np.int32)}, jax.random.key(0), objective=objective,
+                  guidance_channels=3, **kw)
+    np.testing.assert_array_equal(three, np.asarray(want))
+    assert np.abs(three - every).max() > 1e-3
+    with pytest.raises(ValueError, match=r"guidance_channels: expected an int in \[1, 4\]"):
+        run(5)

@@ -47,6 +47,7 @@ def test_writes_gif_mp4_and_grid(checkpoint, tmp_path):
     (["--prompt", "a red circle"], "no text conditioning"),
     (["--sampler", "heun"], "does not fit the gaussian objective"),
     (["--out", "x.avi"], "expected a .gif, .mp4 or .png"),
+    (["--guidance-channels", "4"], r"--guidance-channels 4: expected an int in \[1, 3\]"),
 ])
 def test_bad_arguments_give_one_message_and_no_files(checkpoint, tmp_path, capsys, flags,
                                                      message):
@@ -62,3 +63,23 @@ def test_bad_arguments_give_one_message_and_no_files(checkpoint, tmp_path, capsy
 def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
     assert sample.main(["--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no model.json there" in capsys.readouterr().err
+
+
+def test_guidance_channels_flag_reaches_generate(checkpoint, tmp_path, monkeypatch):
+    import dit3d_jax.generate
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_generate(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+    monkeypatch.setattr(dit3d_jax.generate, "generate", fake_generate)
+    base = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.gif"), "--steps", "2"]
+    with pytest.raises(Stop):
+        sample.main(base + ["--guidance-channels", "2"])
+    assert seen["guidance_channels"] == 2
+    with pytest.raises(Stop):
+        sample.main(base)
+    assert seen["guidance_channels"] is None

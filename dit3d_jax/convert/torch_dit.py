@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -141,9 +142,12 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], model: Optional[DiT]
 def inflate(dit_params: Mapping, dit3d_params: Mapping) -> dict:
     """Copies every image-DiT param into a DiT3D param tree; video-only layers keep their values.
 
-    Unrolled DiT blocks (blocks_0, …) are stacked first when the DiT3D scans its blocks.
-    Raises ValueError listing DiT params that DiT3D lacks or whose shapes differ.
+    Unrolled DiT blocks (blocks_0, …) are stacked first when the DiT3D scans its blocks. Either
+    tree may be boxed (nn.Partitioned leaves, as `model.init` returns them); the result is plain
+    arrays, as `init_params` gives. Raises ValueError listing DiT params that DiT3D lacks or whose
+    shapes differ.
     """
+    dit_params, dit3d_params = nn.unbox(dit_params), nn.unbox(dit3d_params)
     if "blocks" in dit3d_params and "blocks_0" in dit_params:
         dit_params = stack_blocks(dit_params, sum(k.startswith("blocks_") for k in dit_params))
     dit_flat = {tuple(k.key for k in p): v

@@ -15,6 +15,10 @@ def make_objective(cfg: Mapping[str, Any], learn_sigma: bool) -> GaussianDiffusi
     gaussian objective then learns the variance with DiT's hybrid loss)."""
     name = cfg.get("name", "gaussian")
     if name == "gaussian":
+        if cfg.get("t_sampling", "uniform") != "uniform":
+            raise ValueError(f"objective.t_sampling: the gaussian objective draws uniform "
+                             f"timesteps (or the importance sampler's); got "
+                             f"{cfg.get('t_sampling')!r}, which only name='flow' offers")
         return create_gaussian_diffusion(cfg.get("num_timesteps", 1000),
                                          cfg.get("schedule", "linear"), learn_sigma,
                                          cfg.get("predict", "eps"))

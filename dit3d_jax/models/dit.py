@@ -4,6 +4,7 @@ Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos pos
 and label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify.
 Parameter names follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at
 zero (adaLN modulations, the final linear) is set where each layer is declared in `layers.py`.
+The residual stream between the blocks stays float32 whatever the compute `dtype`.
 `scan_blocks=True` runs the blocks as one `nn.scan` (params stacked on a leading depth axis: one
 compiled block instead of `depth`); `remat` = "full" | "dots" recomputes activations in the
 backward pass.
@@ -25,7 +26,9 @@ from dit3d_jax.models.layers import (Dtype, LabelEmbedder, Mlp, PatchEmbed, Self
 class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention and MLP, each modulated (shift, scale, gate) by c.
 
-    x: (B, N, D), c: (B, D) -> (B, N, D).
+    x: (B, N, D) float32 (the residual stream), c: (B, D) -> (B, N, D) float32. The branches
+    compute in `dtype` and their gated outputs are added to the float32 stream, as PyTorch's
+    autocast does (docs/performance.md, "bf16 and the residual stream").
     """
     hidden_size: int
     num_heads: int
@@ -87,7 +90,9 @@ def _carry_only(block_cls):
 
 
 def stack_blocks(params: dict, depth: int) -> dict:
-    """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout)."""
+    """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout).
+    Boxed params (nn.Partitioned leaves) are unboxed: the result holds plain arrays."""
+    params = nn.unbox(params)
     layers = [params[f"blocks_{i}"] for i in range(depth)]
     out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
     out["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
@@ -191,8 +196,21 @@ class DiT(nn.Module):
             drop = rand if drop is None else drop | rand
         return drop
 
-    def label_embedding(self, y, batch: int, force_drop, train: bool) -> Optional[jax.Array]:
-        """y (B,) int or None -> (B, D), or None for a model without classes."""
+    def label_drops(self, batch: int, force_drop, train: bool):
+        """(B,) bool rows whose label is replaced by the null class: force_drop, and with
+        train=True also rows drawn with class_dropout_prob (DiT's rate); None when nothing drops
+        or the model has no classes."""
+        if self.num_classes == 0:
+            return None
+        return self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
+
+    def condition_drops(self, batch: int, force_drop, train: bool):
+        """(label drop, text drop), each (B,) bool or None; the image DiT has no text."""
+        return self.label_drops(batch, force_drop, train), None
+
+    def label_embedding(self, y, batch: int, drop) -> Optional[jax.Array]:
+        """y (B,) int or None, drop (B,) bool or None -> (B, D), or None for a model without
+        classes."""
         if self.num_classes == 0:
             if y is not None:
                 raise ValueError("y: this model has num_classes=0 and takes no labels")
@@ -201,7 +219,6 @@ class DiT(nn.Module):
             if self.class_dropout_prob <= 0:
                 raise ValueError("y: labels are required (class_dropout_prob=0, no null class)")
             y = jnp.full((batch,), self.num_classes, jnp.int32)
-        drop = self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
         return self.y_embedder(y, drop)
 
     def check_inputs(self, x, t, y, spatial_shape: tuple) -> None:
@@ -233,9 +250,10 @@ class DiT(nn.Module):
 
     def __call__(self, x, t, y=None, force_drop=None, train: bool = False) -> jax.Array:
         self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
-        h = self.x_embedder(x) + self.pos_embed().astype(self.dtype)
+        h = self.x_embedder(x).astype(jnp.float32) + self.pos_embed()  # float32 residual
         c = self.t_embedder(t)
-        y_emb = self.label_embedding(y, x.shape[0], force_drop, train)
+        label_drop, _ = self.condition_drops(x.shape[0], force_drop, train)
+        y_emb = self.label_embedding(y, x.shape[0], label_drop)
         if y_emb is not None:
             c = c + y_emb
         return self.head(self.run_blocks(h, c), c)

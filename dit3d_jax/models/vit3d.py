@@ -273,12 +273,13 @@ class ViT3D(ViTBackbone, DiT3D):
         self.check_text(text, text_mask, b)
 
         c = self.t_embedder(t)
-        y_emb = self.label_embedding(y, b, force_drop, train)
+        label_drop, text_drop = self.condition_drops(b, force_drop, train)
+        y_emb = self.label_embedding(y, b, label_drop)
         if y_emb is not None:
             c = c + y_emb
         tokens = mask = None
         if self.text_dim > 0:
-            tokens, mask, pooled = self.text_condition(text, text_mask, b, force_drop, train)
+            tokens, mask, pooled = self.text_condition(text, text_mask, b, text_drop)
             c = c + pooled
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
 

@@ -8,7 +8,8 @@ What happens inside, in order:
     with a latent batch ("latent_mean", "latent_logvar"), x0 is drawn from that posterior with
     a key of its own stream (the state's key folded with LATENT_STREAM, then the step);
  2. timesteps: from the importance sampler with weights 1/(T·p_t) when importance.enabled, else
-    drawn by the objective itself (uniform, or logit-normal for flow) with weights 1;
+    drawn by the objective itself (uniform, or logit-normal for flow) with weights 1; the two
+    do not combine: logit-normal t with importance.enabled is an error when the step is built;
  3. forward/backward in the compute dtype (the model cloned with dtype=bf16 when configured;
     params stay float32, the loss is float32); loss = mean(weights · per-sample loss); frozen
     leaves sit behind stop_gradient, so no weight gradients are computed for them;
@@ -104,6 +105,12 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
         raise ValueError(f"ema_decay: expected a value in [0, 1], got {decay!r}")
     use_importance = bool(config.importance.enabled)
     uniform_prob = float(config.importance.uniform_prob)
+    t_sampling = getattr(objective, "t_sampling", "uniform")
+    if use_importance and t_sampling != "uniform":
+        raise ValueError(f"objective.t_sampling={t_sampling!r} cannot be used with "
+                         f"importance.enabled=True: the importance sampler draws the timesteps "
+                         f"(uniform until warmed up), so {t_sampling} would be ignored; set "
+                         f"importance.enabled=False (or objective.t_sampling='uniform')")
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         # A stream of its own for the latent draw, so the other keys stay as they were.

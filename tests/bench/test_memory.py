@@ -34,11 +34,14 @@ def test_count_is_the_per_sample_growth_of_what_vjp_holds():
     params = init_params(model, jax.random.key(0))
     one = _concrete_residual_bytes(model, params, 1, text_len=4)
     three = _concrete_residual_bytes(model, params, 3, text_len=4)
-    # Traced and eager vjp may keep a scalar-per-sample residual differently (measured: 256 of
-    # 726,724 bytes per clip), hence the relative tolerance.
+    # Traced and eager vjp keep a few small per-sample residuals differently, hence the relative
+    # tolerance. Measured: eager holds the projected caption tokens (B, L, D) twice where the
+    # traced vjp holds them once (512 of 426,904 bytes per clip); until the null-text selection
+    # ran on every row, the traced count also held the raw caption (B, L, text_dim), which
+    # offset it to 256.
     expected = (three - one) / 2 * 6
     assert abs(common.saved_activation_bytes(model, params, 6, text_len=4) - expected) \
-        <= 1e-3 * expected
+        <= 2e-3 * expected
 
 
 def test_remat_and_freezing_shrink_what_is_saved():

@@ -121,3 +121,30 @@ def test_script_writes_loadable_params_and_inflates(small_state_dict, tmp_path):
                               "--checkpoint", str(tmp_path / "nope.pt"), "--output",
                               str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_inflate_and_stack_blocks_accept_boxed_params():
+    """A plain `model.init` returns nn.Partitioned leaves; inflate and stack_blocks unbox them
+    (here into a scanned DiT3D, so inflate also stacks the boxed image blocks)."""
+    import flax.linen as nn
+    from dit3d_jax.models import init_boxed
+    from dit3d_jax.models.dit import stack_blocks
+    small = dict(input_size=16, depth=2, num_classes=10, hidden_size=32, num_heads=2)
+    image = get_model("DiT-S/8", **small)
+    video = get_model("DiT3D-S/8", **small, num_frames=2, text_dim=8, scan_blocks=True)
+    boxed_image = jax.jit(lambda key: init_boxed(image, key))(jax.random.key(0))
+    boxed_video = jax.jit(lambda key: init_boxed(video, key))(jax.random.key(1))
+    assert any(isinstance(leaf, nn.Partitioned) for leaf in jax.tree_util.tree_leaves(
+        boxed_image, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+    got = inflate(boxed_image, boxed_video)
+    want = inflate(nn.unbox(boxed_image), nn.unbox(boxed_video))
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert not isinstance(a, nn.Partitioned)
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got["final_layer"]["linear"]["kernel"],
+                                  nn.unbox(boxed_image)["final_layer"]["linear"]["kernel"])
+    stacked = stack_blocks(boxed_image, 2)
+    plain = stack_blocks(nn.unbox(boxed_image), 2)
+    assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(plain)
+    assert stacked["blocks"]["mlp"]["fc1"]["kernel"].shape == (2, 32, 128)

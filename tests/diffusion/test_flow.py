@@ -72,3 +72,11 @@ def test_bad_arguments_name_themselves():
         RectifiedFlow(num_bins=0)
     with pytest.raises(ValueError, match="model_out"):
         RectifiedFlow().loss(lambda x, t: x[..., :1], jnp.zeros((2, 3)), jax.random.key(0))
+
+
+def test_gaussian_objective_refuses_a_t_sampling_it_would_ignore():
+    from dit3d_jax.diffusion.objective import make_objective
+    with pytest.raises(ValueError, match=r"objective.t_sampling: .*gaussian.*'logit_normal'"):
+        make_objective({"name": "gaussian", "t_sampling": "logit_normal"}, learn_sigma=True)
+    assert make_objective({"name": "flow", "t_sampling": "logit_normal"},
+                          learn_sigma=True).t_sampling == "logit_normal"

@@ -221,3 +221,52 @@ def test_repeated_calls_reuse_the_compiled_loop():
                    sampler="euler", steps=4, progress=False) for i in range(3)]
     assert len(traces) == 1
     assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))  # new noise each call
+
+
+# DiT's forward_with_cfg (facebookresearch/DiT models.py), written from its description in float64
+# NumPy on NCHW arrays: the model runs on [x; x] with labels [y; null]; eps = the first 3 output
+# channels, rest = the others (the 4th eps channel and the learned-sigma channels); the guided
+# eps (uncond + s·(cond − uncond)) replaces eps in BOTH halves, rest stays per half. DiT's
+# sample.py keeps the first half, so its chain sees [guided eps[:3], cond eps[3], cond sigma].
+
+def _dit_forward_with_cfg(forward, x, t, y, scale, guided=3):
+    half = x[: len(x) // 2]
+    out = forward(np.concatenate([half, half]), t, y)
+    eps, rest = out[:, :guided], out[:, guided:]
+    cond_eps, uncond_eps = np.split(eps, 2)
+    half_eps = uncond_eps + scale * (cond_eps - uncond_eps)
+    return np.concatenate([np.concatenate([half_eps, half_eps]), rest], axis=1)
+
+
+def test_guidance_channels_3_is_dits_forward_with_cfg_against_float64_numpy():
+    C, B, scale = 4, 3, 4.0
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(4, 2 * C))                    # rows 0..2 classes, row 3 the null
+    weight = rng.normal(size=(2 * C, C))
+
+    def forward_nchw(x, t, y):                             # float64 NumPy "DiT", learned sigma
+        mixed = np.einsum("oc,nchw->nohw", weight, x)
+        return np.tanh(mixed + table[y][:, :, None, None]) + 1e-3 * t[:, None, None, None]
+
+    def apply_fn(params, x, t, y, force_drop):             # the same model, JAX, channels last
+        rows = jnp.asarray(table, jnp.float32)[jnp.where(force_drop, 3, y)]
+        mixed = jnp.einsum("oc,nhwc->nhwo", jnp.asarray(weight, jnp.float32), x)
+        return jnp.tanh(mixed + rows[:, None, None]) + 1e-3 * t[:, None, None, None]
+
+    x = rng.normal(size=(B, C, 5, 5))
+    t = np.array([10.0, 500.0, 999.0])
+    y = np.array([0, 2, 1])
+    want = _dit_forward_with_cfg(forward_nchw, np.concatenate([x, x]), np.concatenate([t, t]),
+                                 np.concatenate([y, np.full(B, 3)]), scale)[:B]
+    from dit3d_jax.diffusion.samplers import guided_model
+    for g, reference in ((3, want), (None, None)):
+        model = guided_model(apply_fn, None, {"y": jnp.asarray(y)}, channels=C, cfg_scale=scale,
+                             guidance_channels=g)
+        got = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32),
+                               jnp.asarray(t, jnp.float32))).transpose(0, 3, 1, 2)
+        if reference is not None:
+            np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
+        else:  # all C channels guided: channel 3 differs from DiT's (it is guided too)
+            assert np.abs(got[:, 3] - want[:, 3]).max() > 1e-2
+            np.testing.assert_allclose(got[:, :3], want[:, :3], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got[:, C:], want[:, C:], rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dit3d_jax.convert import inflate
-from dit3d_jax.models import get_model, init_params
+from dit3d_jax.models import DiT3D, get_model, init_params
 from dit3d_jax.models.dit import stack_blocks
 
 SMALL = dict(depth=3, input_size=8, num_classes=7)
@@ -167,3 +167,79 @@ def test_scanned_blocks_equal_unrolled_blocks(models, remat):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="every block must be alike"):
         init_params(video.clone(scan_blocks=True, temporal_every=2), jax.random.key(0))
+
+
+def test_cfg_drop_rates_give_the_unconditional_branch_its_joint_share(models):
+    """Joint drop with p_j, else label and text each with their own p: P(both) = p_j +
+    (1 - p_j)·p_c·p_t, P(label) = p_j + (1 - p_j)·p_c, P(text) = p_j + (1 - p_j)·p_t."""
+    _, video, _, params = models
+    assert (video.class_dropout_prob, video.text_dropout_prob,
+            video.joint_dropout_prob) == (0.1, 0.1, 0.1)
+    n = 200_000
+    label, text = video.apply({"params": params}, n, None, True, method=DiT3D.condition_drops,
+                              rngs={"dropout": jax.random.key(5)})
+    label, text = np.asarray(label), np.asarray(text)
+    rates = dict(both=np.mean(label & text), label=label.mean(), text=text.mean(),
+                 label_only=np.mean(label & ~text), none=np.mean(~label & ~text))
+    expected = dict(both=0.1 + 0.9 * 0.01, label=0.1 + 0.9 * 0.1, text=0.1 + 0.9 * 0.1,
+                    label_only=0.9 * 0.1 * 0.9, none=0.9 * 0.9 * 0.9)
+    for name, value in expected.items():  # binomial std at n=200k is <= 0.0011
+        assert abs(rates[name] - value) < 0.005, (name, rates[name], value)
+    # Rows with force_drop drop both whatever the draw; without train nothing else drops.
+    forced = jnp.arange(8) % 3 == 0
+    label, text = video.apply({"params": params}, 8, forced, False, method=DiT3D.condition_drops)
+    np.testing.assert_array_equal(label, forced)
+    np.testing.assert_array_equal(text, forced)
+    # A model with labels only ignores the joint draw: labels drop with class_dropout_prob alone.
+    only_labels = video.clone(text_dim=0)
+    label, text = only_labels.apply({"params": init_params(only_labels, jax.random.key(0))}, n,
+                                    None, True, method=DiT3D.condition_drops,
+                                    rngs={"dropout": jax.random.key(6)})
+    assert text is None and abs(np.mean(label) - 0.1) < 0.005
+
+
+def test_joint_drop_during_training_is_the_unconditional_branch(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    x, t, y, text, mask = _inputs(2)
+    joint = video.clone(text_dropout_prob=0.0, class_dropout_prob=0.1, joint_dropout_prob=1.0)
+    out = joint.apply({"params": params}, x, t, y, text=text, text_mask=mask, train=True,
+                      rngs={"dropout": jax.random.key(0)})
+    null = video.apply({"params": params}, x, t, y, text=text, text_mask=mask,
+                       force_drop=jnp.ones(2, bool))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(null), atol=1e-6)
+
+
+def test_all_false_text_mask_row_is_the_null_text(models):
+    image, video, image_params, video_params = models
+    params = _perturb_video_layers(video_params, image_params)
+    x, t, _, text, mask = _inputs(7)
+    empty = mask.at[0].set(False)
+    # y=None: every row uses the null class, so force_drop changes only the text.
+    got = video.apply({"params": params}, x, t, text=text, text_mask=empty)
+    want = video.apply({"params": params}, x, t, text=text, text_mask=empty,
+                       force_drop=jnp.array([True, False]))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    # ... and the label of such a row still counts (only the text is nulled).
+    y = jnp.array([1, 6])
+    with_label = video.apply({"params": params}, x, t, y, text=text, text_mask=empty)
+    assert np.abs(np.asarray(with_label[0]) - np.asarray(got[0])).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(video.apply(
+        {"params": params}, x, t, text=text, text_mask=mask)[1]), atol=1e-6)
+
+
+def test_bf16_residual_stream_stays_float32():
+    """The blocks compute in bf16 but add into a float32 residual stream (PyTorch autocast's
+    arrangement); a bf16 stream rounds every addition (docs/performance.md)."""
+    model = get_model("DiT3D-S/4", depth=1, input_size=8, hidden_size=32, num_heads=2,
+                      num_frames=2, text_dim=8, num_classes=3, dtype=jnp.bfloat16)
+    params = init_params(model, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, 2, 8, 8, 4))
+    args = (x, jnp.array([500.0]), jnp.array([1]))
+    _, state = jax.jit(lambda p: model.apply({"params": p}, *args, text=jnp.ones((1, 3, 8)),
+                                             capture_intermediates=True,
+                                             mutable=["intermediates"]))(params)
+    inter = state["intermediates"]
+    (out,) = inter["blocks_0"]["__call__"]
+    assert out.dtype == jnp.float32
+    assert inter["blocks_0"]["attn"]["__call__"][0].dtype == jnp.bfloat16  # branches in bf16

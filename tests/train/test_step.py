@@ -260,3 +260,19 @@ def test_step_imports_without_the_data_stack_or_ml_collections():
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_logit_normal_timesteps_with_importance_sampling_is_an_error_at_build_time():
+    """Importance sampling draws its own bins, so it would silently replace the logit-normal t."""
+    from dit3d_jax.diffusion.objective import make_objective
+    from dit3d_jax.train.step import make_step_fn
+    config = tiny_config()
+    config.objective.update(dict(name="flow", t_sampling="logit_normal"))
+    model, _ = build(config)
+    objective = make_objective(config.objective, model.learn_sigma)
+    assert config.importance.enabled  # the default
+    with pytest.raises(ValueError, match=r"objective.t_sampling='logit_normal'.*"
+                                         r"importance.enabled=False"):
+        make_step_fn(config, model, objective)
+    config.importance.enabled = False
+    assert callable(make_step_fn(config, model, objective))
