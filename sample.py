@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from dit3d_jax.utils import compile_cache
+
 
 class UsageError(Exception):
     """A bad argument: reported as one line, before anything is computed or written."""
@@ -41,6 +43,7 @@ def parse_args(argv):
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=None,
                    help="integer upscaling of the written grid (default: tiles ≥ 128 px wide)")
+    compile_cache.add_flag(p)
     return p.parse_args(argv)
 
 
@@ -103,6 +106,7 @@ def settings(args, model, config):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    compile_cache.enable(args.compile_cache)
     try:
         if args.num < 1:
             raise UsageError(f"--num {args.num}: expected at least 1")

@@ -18,6 +18,8 @@ config_flags.DEFINE_config_file("config", None, "Training config: configs/NAME.p
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, tb/, "
                     "config.json, model.json); re-running with it resumes.")
+flags.DEFINE_string("compile_cache", None, "Persistent compilation cache directory, or 'off' "
+                    "(default: $DIT3D_JAX_CACHE, else ~/.cache/dit3d_jax/jax_cache).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +41,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from dit3d_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+    from dit3d_jax.utils import compile_cache  # pylint: disable=import-outside-toplevel
+    compile_cache.enable(FLAGS.compile_cache)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

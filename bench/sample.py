@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; --small 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
     args = p.parse_args(argv)
-
+    common.use_compile_cache(args)
     if args.worker:
         common.emit_result(WORKERS[args.worker](json.loads(args.case)))
         return 0
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
             rows.append([label, run["framework"], run["precision"], f"{med:.2f}",
                          f"{run['steps_per_s']:.2f}", f"{run['model_flops_per_s'] / scale:.2f}",
                          common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
-                         common.fmt(run.get("compile_s"), ".1f"),
+                         common.compile_note(run),
                          common.fmt(run.get("sample_call_s"), ".2f"),
                          common.fmt(run["jax_speedup"], ".2f") + ("×" if run["jax_speedup"]
                                                                  else ""),

@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
     args = p.parse_args(argv)
-
+    common.use_compile_cache(args)
     if args.worker:
         common.emit_result(WORKERS[args.worker](json.loads(args.case)))
         return 0
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
                          f"{run['samples_per_s']:.1f}",
                          f"{run['model_flops_per_s'] / scale:.2f}",
                          common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
-                         peak_mem, common.fmt(run["compile_s"], ".1f"),
+                         peak_mem, common.compile_note(run),
                          common.fmt(run["jax_speedup"], ".2f", "—") + ("×" if run["jax_speedup"]
                                                                        else "")])
             label = ""
