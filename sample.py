@@ -106,7 +106,9 @@ def settings(args, model, config):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    compile_cache.enable(args.compile_cache)
+    # The progress bar's host callback would keep the sampling loop out of the persistent cache
+    # (jax never writes executables with host callbacks), so a cached run samples without it.
+    cached = compile_cache.enable(args.compile_cache) is not None
     try:
         if args.num < 1:
             raise UsageError(f"--num {args.num}: expected at least 1")
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
           f"CFG {chosen['cfg_scale']}", file=sys.stderr)
     x = generate(model, params, objective, prompts=prompts, labels=labels, num=args.num,
                  seed=args.seed, encoder=text_encoder_for(config) if prompts else None,
-                 dtype=args.dtype, **chosen)
+                 dtype=args.dtype, progress=not cached, **chosen)
     video = x.ndim == 5
     scale = args.scale or max(1, 128 // x.shape[-2])
     x = x[..., :3]  # latents without a decoder: show the first three channels

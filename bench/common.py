@@ -425,6 +425,8 @@ def bench_parser(doc: str, workers: Iterable[str]):
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the PyTorch baseline")
     p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
+    p.add_argument("--torch-modes", help="comma-separated PyTorch modes instead of the default "
+                                         "(fp32,tf32 on CUDA,bf16-autocast[,…+compile])")
     p.add_argument("--json", help="write every result here")
     from dit3d_jax.utils import compile_cache
     compile_cache.add_flag(p)
@@ -485,6 +487,8 @@ def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
     torch.compile of the mode matching JAX's dtype with --compile; none with --no-torch."""
     if not args.torch:
         return []
+    if args.torch_modes:
+        return args.torch_modes.split(",")
     modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
     if args.compile:
         modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
@@ -498,12 +502,20 @@ def flops_unit(peaks: dict) -> tuple[float, str]:
 
 def run_case(script: str, case: dict, label: str, torch_modes: Iterable[str],
              on_gpu: bool) -> list[dict]:
-    """Raw worker results for one case: JAX first, then each PyTorch mode (own subprocesses)."""
+    """Raw worker results for one case: JAX first, then each PyTorch mode (own subprocesses).
+    With $DIT3D_BENCH_ECHO set, each result is also printed as it arrives (a marked JSON line,
+    for bench/gpu_check.py: results survive a run stopped before the bench writes --json)."""
+    def echo(run: dict) -> dict:
+        if os.environ.get("DIT3D_BENCH_ECHO"):
+            print(RESULT_MARK + json.dumps({**run, "case": case, "label": label}, default=str),
+                  flush=True)
+        return run
+
     print(f"-- {label}: JAX …", flush=True)
-    runs = [run_worker(script, ["--worker", "jax", "--case", json.dumps(case)])]
+    runs = [echo(run_worker(script, ["--worker", "jax", "--case", json.dumps(case)]))]
     for mode in torch_modes:
         print(f"-- {label}: PyTorch {mode} …", flush=True)
-        runs.append(run_worker(script, ["--worker", "torch", "--case",
-                                        json.dumps({**case, "torch_mode": mode})],
-                               env=None if on_gpu else TORCH_CPU_ENV))
+        runs.append(echo(run_worker(script, ["--worker", "torch", "--case",
+                                             json.dumps({**case, "torch_mode": mode})],
+                                    env=None if on_gpu else TORCH_CPU_ENV)))
     return runs
