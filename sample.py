@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from dit3d_jax.utils import compile_cache
 from dit3d_jax.utils.cli import ArgumentParser, UsageError, run
 
 
@@ -49,6 +50,7 @@ def parse_args(argv):
     p.add_argument("--scale", type=int, default=None,
                    help="integer upscaling of the written grid (default: tiles ≥ 128 px wide)")
     p.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
+    compile_cache.add_flag(p)
     return p.parse_args(argv)
 
 
@@ -165,6 +167,9 @@ def main(argv=None) -> int:
 
 def _sample(argv) -> int:
     args = parse_args(argv)
+    # The progress bar's host callback would keep the sampling loop out of the persistent cache
+    # (jax never writes executables with host callbacks), so a cached run samples without it.
+    cached = compile_cache.enable(args.compile_cache) is not None
     if args.num < 1:
         raise UsageError(f"--num {args.num}: expected at least 1")
     out = args.out or os.path.join(args.workdir or args.checkpoint, "samples.gif")
@@ -182,7 +187,7 @@ def _sample(argv) -> int:
           f"CFG {chosen['cfg_scale']}", file=sys.stderr)
     x = generate(model, params, objective, prompts=prompts, labels=labels, num=args.num,
                  seed=args.seed, encoder=text_encoder_for(config) if prompts else None,
-                 dtype=args.dtype, **chosen)
+                 dtype=args.dtype, progress=not cached, **chosen)
     video = x.ndim == 5
     if decoder is not None:
         print(f"Decoding through the VAE, {args.decode_chunk} frames at a time", file=sys.stderr)

@@ -25,6 +25,8 @@ config_flags.DEFINE_config_file("config", None, "Training config: configs/NAME.p
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, tb/, "
                     "config.json, model.json); re-running with it resumes.")
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
+flags.DEFINE_string("compile_cache", None, "Persistent compilation cache directory, or 'off' "
+                    "(default: $DIT3D_JAX_CACHE, else ~/.cache/dit3d_jax/jax_cache).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -63,6 +65,8 @@ def main(argv):
     # pylint: disable=import-outside-toplevel
     from dit3d_jax.train.checkpoint import WriteError
     from dit3d_jax.train.loop import ConfigError, train_and_evaluate
+    from dit3d_jax.utils import compile_cache
+    compile_cache.enable(FLAGS.compile_cache)
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as err:  # the config, its data, init_from or the workdir's checkpoints

@@ -30,6 +30,8 @@ flags.DEFINE_integer("max_train_captions", 24, "Training captions scored (evenly
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_float("cfg_scale", None, "Default: the config's.")
 flags.DEFINE_integer("sample_steps", None, "Default: the config's.")
+flags.DEFINE_string("compile_cache", None, "Persistent compilation cache directory, or 'off' "
+                    "(default: $DIT3D_JAX_CACHE, else ~/.cache/dit3d_jax/jax_cache).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -54,7 +56,9 @@ def main(argv):
     from dit3d_jax.generate import text_encoder_for
     from dit3d_jax.train.checkpoint import load_workdir
     from dit3d_jax.train.loop import train_and_evaluate
+    from dit3d_jax.utils import compile_cache
 
+    compile_cache.enable(FLAGS.compile_cache)
     train_seconds = None
     if FLAGS.train:
         start = time.perf_counter()

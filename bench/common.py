@@ -345,9 +345,44 @@ RESULT_MARK = "BENCH_RESULT "
 TORCH_CPU_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
+                 "/jax/compilation_cache/cache_misses": "misses"}
+
+
+def use_compile_cache(args) -> None:
+    """--compile-cache for driver and workers: the driver hands its choice to the workers through
+    the environment; a worker turns the cache on (dit3d_jax.utils.compile_cache) and counts its
+    hits and misses, which `emit_result` reports (a hit makes "compile s" a load time)."""
+    from dit3d_jax.utils import compile_cache
+    if not args.worker:
+        if args.compile_cache:
+            os.environ[compile_cache.ENV_VAR] = args.compile_cache
+        return
+    import jax
+
+    def count(event: str, **_) -> None:
+        if event in _CACHE_EVENTS:
+            _cache_stats[_CACHE_EVENTS[event]] += 1
+
+    _cache_stats["dir"] = compile_cache.enable()
+    jax.monitoring.register_event_listener(count)
+
+
+_cache_stats = {"dir": None, "hits": 0, "misses": 0}
+
+
+def compile_note(run: dict) -> str:
+    """The "compile s" cell: seconds, marked "(cache)" when the persistent cache served any of
+    the worker's compilations."""
+    text = fmt(run.get("compile_s"), ".1f")
+    return text + (" (cache)" if run.get("compile_cache", {}).get("hits") else "")
+
+
 def emit_result(result: dict) -> None:
-    """The worker side: print the result as one marked JSON line on stdout."""
-    print(RESULT_MARK + json.dumps(result, default=str), flush=True)
+    """The worker side: print the result, with the compilation cache's statistics, as one marked
+    JSON line on stdout."""
+    print(RESULT_MARK + json.dumps({**result, "compile_cache": dict(_cache_stats)}, default=str),
+          flush=True)
 
 
 def run_worker(script: str, args: Sequence[str], timeout: Optional[float] = None,
@@ -390,7 +425,11 @@ def bench_parser(doc: str, workers: Iterable[str]):
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the PyTorch baseline")
     p.add_argument("--compile", action="store_true", help="add a torch.compile PyTorch mode")
+    p.add_argument("--torch-modes", help="comma-separated PyTorch modes instead of the default "
+                                         "(fp32,tf32 on CUDA,bf16-autocast[,…+compile])")
     p.add_argument("--json", help="write every result here")
+    from dit3d_jax.utils import compile_cache
+    compile_cache.add_flag(p)
     p.add_argument("--worker", choices=sorted(workers), help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     return p
@@ -448,6 +487,8 @@ def torch_modes(args, on_gpu: bool, jax_dtype: str) -> list[str]:
     torch.compile of the mode matching JAX's dtype with --compile; none with --no-torch."""
     if not args.torch:
         return []
+    if args.torch_modes:
+        return args.torch_modes.split(",")
     modes = ["fp32", "tf32", "bf16-autocast"] if on_gpu else ["fp32", "bf16-autocast"]
     if args.compile:
         modes.append(("bf16-autocast" if jax_dtype == "bfloat16" else "fp32") + "+compile")
@@ -461,12 +502,20 @@ def flops_unit(peaks: dict) -> tuple[float, str]:
 
 def run_case(script: str, case: dict, label: str, torch_modes: Iterable[str],
              on_gpu: bool) -> list[dict]:
-    """Raw worker results for one case: JAX first, then each PyTorch mode (own subprocesses)."""
+    """Raw worker results for one case: JAX first, then each PyTorch mode (own subprocesses).
+    With $DIT3D_BENCH_ECHO set, each result is also printed as it arrives (a marked JSON line,
+    for bench/gpu_check.py: results survive a run stopped before the bench writes --json)."""
+    def echo(run: dict) -> dict:
+        if os.environ.get("DIT3D_BENCH_ECHO"):
+            print(RESULT_MARK + json.dumps({**run, "case": case, "label": label}, default=str),
+                  flush=True)
+        return run
+
     print(f"-- {label}: JAX …", flush=True)
-    runs = [run_worker(script, ["--worker", "jax", "--case", json.dumps(case)])]
+    runs = [echo(run_worker(script, ["--worker", "jax", "--case", json.dumps(case)]))]
     for mode in torch_modes:
         print(f"-- {label}: PyTorch {mode} …", flush=True)
-        runs.append(run_worker(script, ["--worker", "torch", "--case",
-                                        json.dumps({**case, "torch_mode": mode})],
-                               env=None if on_gpu else TORCH_CPU_ENV))
+        runs.append(echo(run_worker(script, ["--worker", "torch", "--case",
+                                             json.dumps({**case, "torch_mode": mode})],
+                                    env=None if on_gpu else TORCH_CPU_ENV)))
     return runs

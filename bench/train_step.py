@@ -225,8 +225,9 @@ def resolve_cases(args, backend: str) -> list[dict]:
         video, frames = common.model_frames(args)
         default_batch = (2 if video else 4) if args.small else (8 if video else 256)
         cases = [dict(model=args.model, batch=args.batch or default_batch, frames=frames,
-                      size=args.size or (16 if args.small else 32), freeze=args.freeze,
-                      depth=args.depth if args.depth else (2 if args.small else None))]
+                      size=args.size or (16 if args.small else 32), freeze=freeze,
+                      depth=args.depth if args.depth else (2 if args.small else None))
+                 for freeze in args.freeze.split(",")]
     else:
         cases = [dict(c) for c in (SMALL_SUITE if args.small else SUITE)]
         if args.depth:
@@ -235,6 +236,9 @@ def resolve_cases(args, backend: str) -> list[dict]:
     dtype, attn = common.resolve_precision(args, backend)
     for c in cases:
         c.setdefault("depth", None)
+        if c["freeze"] not in ("none", "backbone"):
+            raise ValueError(f"--freeze: expected none, backbone or both comma-separated, got "
+                             f"{c['freeze']!r}")
         if not c["frames"] and c["freeze"] != "none":
             raise ValueError(f"--freeze: an image DiT has no backbone/new split; expected 'none', "
                              f"got {c['freeze']!r}")
@@ -290,7 +294,8 @@ def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
 def main(argv=None) -> int:
     p = common.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
-    p.add_argument("--freeze", default="none", choices=["none", "backbone"])
+    p.add_argument("--freeze", default="none",
+                   help="none, backbone, or none,backbone (one case each; with --model)")
     p.add_argument("--scan", action="store_true", help="nn.scan over the blocks (scan_blocks)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     p.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,
@@ -301,7 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
     args = p.parse_args(argv)
-
+    common.use_compile_cache(args)
     if args.worker:
         common.emit_result(WORKERS[args.worker](json.loads(args.case)))
         return 0
@@ -342,7 +347,7 @@ def main(argv=None) -> int:
                          f"{run['samples_per_s']:.1f}",
                          f"{run['model_flops_per_s'] / scale:.2f}",
                          common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
-                         peak_mem, common.fmt(run["compile_s"], ".1f"),
+                         peak_mem, common.compile_note(run),
                          common.fmt(run["jax_speedup"], ".2f", "—") + ("×" if run["jax_speedup"]
                                                                        else "")])
             label = ""

@@ -1,1 +1,2 @@
-"""Utilities: sample files (`video`), metrics and progress (`logging`), entry-point errors (`cli`)."""
+"""Utilities: sample files (`video`), metrics and progress (`logging`), entry-point errors (`cli`),
+JAX's persistent compilation cache for the entry points (`compile_cache`)."""
