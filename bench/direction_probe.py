@@ -43,14 +43,15 @@ def caption_variants(label: int) -> dict[str, int]:
             "colour_swapped": shapes.label_of(shapes.COLOUR_NAMES[(ci + 1) % 6], s, d)}
 
 
-def per_clip_losses(model, params, objective, clips, cond: Mapping[str, Any],
+def per_clip_losses(model, params, objective, clips, conds: Sequence[Mapping[str, Any]],
                     ts: Sequence[float], seed: int = 0) -> np.ndarray:
-    """The objective's training loss of each clip at each t: (len(ts), N) float64.
+    """The objective's training loss of each clip at each t under each conditioning:
+    (len(conds), len(ts), N) float64.
 
-    clips (N, F, H, W, C) float in the data's range; cond: the model's conditioning for the N
-    clips (y and/or text, text_mask). For t index i the noise is
-    jax.random.normal(fold_in(key(seed), i), clips.shape, float32) whatever `cond` is, so calls
-    that differ only in `cond` are paired. Flow: x_t = t·x1 + (1 − t)·noise, loss = mean squared
+    clips (N, F, H, W, C) float in the data's range; conds: conditionings of the N clips (y
+    and/or text, text_mask), all of the same shapes (one compilation). For t index i the noise is
+    jax.random.normal(fold_in(key(seed), i), clips.shape, float32) for every cond, so the losses
+    are paired across conds. Flow: x_t = t·x1 + (1 − t)·noise, loss = mean squared
     error of the velocity; gaussian: timestep round(t·(T − 1)) and the objective's `losses`.
     """
     from dit3d_jax.diffusion.flow import RectifiedFlow
@@ -59,7 +60,7 @@ def per_clip_losses(model, params, objective, clips, cond: Mapping[str, Any],
     flow = isinstance(objective, RectifiedFlow)
 
     @jax.jit
-    def losses(params, cond, noise, t):
+    def losses(params, cond, x1, noise, t):
         if flow:
             x_t = objective.interpolate(noise, x1, t)
             out = model.apply({"params": params}, x_t, objective.model_timesteps(t), **cond)
@@ -69,7 +70,7 @@ def per_clip_losses(model, params, objective, clips, cond: Mapping[str, Any],
         out = model.apply({"params": params}, x_t, objective.model_timesteps(t), **cond)
         return objective.losses(out, x1, x_t, t, noise)[0]
 
-    rows = []
+    out = np.zeros((len(conds), len(ts), n))
     for i, t in enumerate(ts):
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t: expected values in [0, 1], got {t!r}")
@@ -77,8 +78,9 @@ def per_clip_losses(model, params, objective, clips, cond: Mapping[str, Any],
                                   jnp.float32)
         tt = (jnp.full((n,), t, jnp.float32) if flow else
               jnp.full((n,), round(t * (objective.num_timesteps - 1)), jnp.int32))
-        rows.append(np.asarray(losses(params, dict(cond), noise, tt), np.float64))
-    return np.stack(rows)
+        for j, cond in enumerate(conds):
+            out[j, i] = np.asarray(losses(params, dict(cond), x1, noise, tt), np.float64)
+    return out
 
 
 def conditioning(model, labels: Sequence[int], encoder=None) -> dict[str, Any]:
@@ -102,10 +104,9 @@ def probe(model, params, objective, clips, labels: Sequence[int], ts: Sequence[f
     """Paired loss gaps. Returns {"t", "loss_true" (mean per t), and per other variant:
     "gap_<v>" (mean per t), "gap_<v>_se" (standard error over clips), "wins_<v>" (fraction of
     clips whose true-caption loss is the lower)}."""
-    per = {v: per_clip_losses(model, params, objective, clips,
-                              conditioning(model, [caption_variants(l)[v] for l in labels],
-                                           encoder), ts, seed)
-           for v in VARIANTS}
+    conds = [conditioning(model, [caption_variants(l)[v] for l in labels], encoder)
+             for v in VARIANTS]
+    per = dict(zip(VARIANTS, per_clip_losses(model, params, objective, clips, conds, ts, seed)))
     n = per["true"].shape[1]
     out = {"t": [float(t) for t in ts], "loss_true": per["true"].mean(1).tolist()}
     for v in VARIANTS[1:]:
