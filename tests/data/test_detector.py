@@ -35,6 +35,13 @@ def test_detector_is_exact_on_default_size_videos(split):
     assert D.caption_accuracy(videos, [e["caption"] for e in exs])["all"] == 1.0
 
 
+@pytest.mark.parametrize("split", S.SPLITS)
+def test_detector_is_exact_on_tiny_fast_videos(split):
+    exs = [S.example(split, i, "tiny_fast") for i in range(64)]
+    videos = np.stack([e["video"] for e in exs])
+    assert D.caption_accuracy(videos, [e["caption"] for e in exs])["all"] == 1.0
+
+
 def test_detector_covers_every_combination():
     """One clip of each of the 144 (colour, shape, direction) combinations, in both sizes."""
     rng = np.random.default_rng(3)
