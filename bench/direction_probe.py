@@ -1,6 +1,7 @@
 """Does a trained model read motion from its prompt? The loss gap of a direction-reversed caption.
 
-    python bench/direction_probe.py --workdir runs/demo [--num 64] [--t 0.1,0.3,0.5,0.7,0.9]
+    python bench/direction_probe.py --workdir runs/demo [--num 64] [--t 0.1,0.3,0.5,0.7,0.9] \
+        [--step N] [--raw]
 
 For `--num` training clips of the run's moving_shapes data, evaluates the run's own training loss
 (the objective's `loss`, EMA params unless --raw) at fixed t under three captions per clip: the
@@ -136,6 +137,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--t", default=",".join(map(str, DEFAULT_TS)), help="comma-separated t")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="raw params instead of the EMA")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--json", default=None, help="default: WORKDIR/direction_probe.json")
     a = p.parse_args(argv)
     try:
@@ -149,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
     from dit3d_jax.generate import text_encoder_for
     from dit3d_jax.train.checkpoint import load_workdir
     try:
-        model, params, config = load_workdir(a.workdir, ema=not a.raw)
+        model, params, config = load_workdir(a.workdir, ema=not a.raw, step=a.step)
     except FileNotFoundError as err:
         raise UsageError(f"--workdir: {err}") from None
     if config.data.name != "moving_shapes":
@@ -160,7 +162,8 @@ def main(argv: Sequence[str]) -> int:
     encoder = text_encoder_for(config) if getattr(model, "text_dim", 0) > 0 else None
     result = probe(model, params, make_objective(config.objective, model.learn_sigma), clips,
                    [e["label"] for e in exs], ts, encoder, a.seed)
-    result.update(workdir=os.path.abspath(a.workdir), num_clips=a.num, ema=not a.raw)
+    result.update(workdir=os.path.abspath(a.workdir), step=a.step, num_clips=a.num,
+                  ema=not a.raw)
     print(format_table(result))
     path = a.json or os.path.join(a.workdir, "direction_probe.json")
     with open(path, "w", encoding="utf-8") as f:
