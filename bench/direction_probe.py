@@ -9,7 +9,9 @@ true one, the same with the direction reversed ("left" -> "right", "up-left" -> 
 the same with the colour swapped (the next palette colour, for scale). Noise and t are shared by
 the three (one key per t), so the gaps are paired: gap = loss(other caption) − loss(true caption),
 per clip, then averaged. A model that draws motion from its prompt has a clearly positive direction
-gap; a prompt-blind "a blob drifts" model has ~0 there while its colour gap is large. A class-label
+gap; a prompt-blind "a blob drifts" model has ~0 there while its colour gap is large. --ceiling K
+adds the gaps a perfect model would have as t -> 0 (from K fresh clips per combination), the
+scale to read the measured ones against. A class-label
 model (num_classes > 0, no text) is probed the same way with labels.
 
 t is the objective's: for flow, t = 1 is clean data and 0 pure noise; for gaussian, the fraction
@@ -42,6 +44,34 @@ def caption_variants(label: int) -> dict[str, int]:
     return {"true": label,
             "direction_reversed": shapes.label_of(c, s, shapes.DIRECTION_NAMES[(di + 4) % 8]),
             "colour_swapped": shapes.label_of(shapes.COLOUR_NAMES[(ci + 1) % 6], s, d)}
+
+
+def noise_limit_gaps(config, labels: Sequence[int], clips_per_label: int = 64,
+                     seed: int = 0) -> dict[str, float]:
+    """The largest gap any model can have as t -> 0 (pure noise), per altered variant.
+
+    There x_t carries nothing about the clip, the best flow prediction under caption c is
+    E[x1 | c] − noise, and the loss under caption c' exceeds the true caption's by
+    mean((E[x1|c] − E[x1|c'])²). Estimated unbiasedly from two independent halves (a, b) of
+    `clips_per_label` fresh clips of each combination (config: a moving_shapes builder config
+    or its name): mean((m_a(c) − m_a(c'))·(m_b(c) − m_b(c'))), averaged over `labels`.
+    """
+    from dit3d_jax.data import shapes
+    cfg = shapes._resolve_config(config)  # pylint: disable=protected-access
+
+    def mean_clip(label: int, half: int) -> np.ndarray:
+        rng = np.random.default_rng((seed, half, label))
+        c, s, d = shapes.combo_of(label)
+        return np.mean([shapes.render_video(c, s, d, rng, cfg.frames, cfg.size, cfg.min_travel)
+                        for _ in range(clips_per_label // 2)], axis=0) / 127.5
+
+    gaps = {v: [] for v in VARIANTS[1:]}
+    for label in labels:
+        variants = caption_variants(label)
+        m = [{v: mean_clip(l, half) for v, l in variants.items()} for half in (0, 1)]
+        for v in gaps:
+            gaps[v].append(float(np.mean((m[0]["true"] - m[0][v]) * (m[1]["true"] - m[1][v]))))
+    return {v: float(np.mean(g)) for v, g in gaps.items()}
 
 
 def per_clip_losses(model, params, objective, clips, conds: Sequence[Mapping[str, Any]],
@@ -138,6 +168,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="raw params instead of the EMA")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--ceiling", type=int, default=0,
+                   help="clips per combination for the t -> 0 ceiling of the gaps (0: skip)")
     p.add_argument("--json", default=None, help="default: WORKDIR/direction_probe.json")
     a = p.parse_args(argv)
     try:
@@ -165,6 +197,12 @@ def main(argv: Sequence[str]) -> int:
     result.update(workdir=os.path.abspath(a.workdir), step=a.step, num_clips=a.num,
                   ema=not a.raw)
     print(format_table(result))
+    if a.ceiling > 0:
+        result["noise_limit"] = noise_limit_gaps(config.data.config,
+                                                 sorted({e["label"] for e in exs}), a.ceiling)
+        print(f"t -> 0 ceiling (any model): direction-reversed "
+              f"{result['noise_limit']['direction_reversed']:+.5f}, colour-swapped "
+              f"{result['noise_limit']['colour_swapped']:+.4f}")
     path = a.json or os.path.join(a.workdir, "direction_probe.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

@@ -118,3 +118,14 @@ def test_bad_workdir_is_one_line_error(tmp_path, capsys):
     assert run(P.main, ["--workdir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --workdir") and "config.json" in err[0]
+
+
+def test_noise_limit_gaps_grow_with_the_motion():
+    """At pure noise only E[clip | caption] can be predicted: reversing the direction of a clip
+    that crosses the whole frame moves that mean further than in `tiny` (measured with 200
+    clips per combination on 22 labels: 0.133 against 0.069)."""
+    labels = list(shapes.split_labels("train", "tiny")[::40])
+    slow = P.noise_limit_gaps("tiny", labels, 48)
+    fast = P.noise_limit_gaps("tiny_fast", labels, 48)
+    assert fast["direction_reversed"] > 1.3 * slow["direction_reversed"] > 0.02, (slow, fast)
+    assert slow["colour_swapped"] > 0.02
