@@ -3,16 +3,16 @@
     python bench/direction_probe.py --workdir runs/demo [--num 64] [--t 0.1,0.3,0.5,0.7,0.9] \
         [--step N] [--raw]
 
-For `--num` training clips of the run's moving_shapes data, evaluates the run's own training loss
-(the objective's `loss`, EMA params unless --raw) at fixed t under three captions per clip: the
+For `--num` training clips of the run's moving_shapes data, evaluates the run's training loss (its
+objective's formula, EMA params unless --raw) at fixed t under three captions per clip: the
 true one, the same with the direction reversed ("left" -> "right", "up-left" -> "down-right") and
 the same with the colour swapped (the next palette colour, for scale). Noise and t are shared by
 the three (one key per t), so the gaps are paired: gap = loss(other caption) − loss(true caption),
 per clip, then averaged. A model that draws motion from its prompt has a clearly positive direction
 gap; a prompt-blind "a blob drifts" model has ~0 there while its colour gap is large. --ceiling K
-adds the gaps a perfect model would have as t -> 0 (from K fresh clips per combination), the
-scale to read the measured ones against. A class-label
-model (num_classes > 0, no text) is probed the same way with labels.
+adds the gaps a perfect flow model would have as t -> 0 (from K fresh clips per combination), the
+scale to read the measured ones against. A class-label model (num_classes > 0, no text) is probed
+the same way with labels.
 
 t is the objective's: for flow, t = 1 is clean data and 0 pure noise; for gaussian, the fraction
 of the chain (0 clean, 1 noise). Prints a table and writes WORKDIR/direction_probe.json
