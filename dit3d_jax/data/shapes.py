@@ -167,13 +167,14 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
 
 
 def render_video(colour: str, shape: str, direction: str, rng: np.random.Generator,
-                 frames: int, size: int) -> np.ndarray:
+                 frames: int, size: int, min_travel: float = 0.0) -> np.ndarray:
     """One clip: uint8 (frames, size, size, 3).
 
-    Shape side ~ U{max(5, 5·size/16) .. max(that, 7·size/16)}; total travel D ~ U[max(3, size/4),
-    size − side] pixels along each moving axis (diagonals move equally in x and y); the shape
-    stays wholly inside the frame; colour jitter ±12 per channel; background grey 0..31 (+0..5
-    tint).
+    Shape side ~ U{max(5, 5·size/16) .. max(that, 7·size/16)}; total travel D ~ U[lo + min_travel·
+    (room − lo), room] pixels along each moving axis (diagonals move equally in x and y), with
+    lo = max(3, size/4) and room = size − side, so min_travel = 1 always crosses the whole room;
+    the shape stays wholly inside the frame; colour jitter ±12 per channel; background grey 0..31
+    (+0..5 tint).
     """
     label_of(colour, shape, direction)  # validates the names
     if frames < 2:
@@ -183,8 +184,11 @@ def render_video(colour: str, shape: str, direction: str, rng: np.random.Generat
     lo = max(5, (5 * size) // 16)
     hi = max(lo, (7 * size) // 16)
     side = int(rng.integers(lo, hi + 1))
+    if not 0.0 <= min_travel <= 1.0:
+        raise ValueError(f"min_travel: expected a float in [0, 1], got {min_travel!r}")
     room = size - side
-    travel = float(rng.uniform(max(3.0, size / 4.0), room))
+    lo = max(3.0, size / 4.0)
+    travel = float(rng.uniform(lo + min_travel * (room - lo), room))
     dx, dy = DIRECTIONS[direction]
     step_col, step_row = dx, -dy  # rows grow downward
     offsets = np.round(travel * np.arange(frames) / (frames - 1)).astype(int)
@@ -215,9 +219,11 @@ def render_video(colour: str, shape: str, direction: str, rng: np.random.Generat
 
 @dataclasses.dataclass(eq=False)
 class MovingShapesConfig(tfds.core.BuilderConfig):
-    """frames × size² clips; num_* examples per split; seed fixes every pixel."""
+    """frames × size² clips; num_* examples per split; seed fixes every pixel; min_travel as in
+    `render_video` (0: travel anywhere from a quarter of the frame to the room the shape has)."""
     frames: int = 8
     size: int = 16
+    min_travel: float = 0.0
     num_train: int = 256
     num_validation: int = 64
     num_heldout: int = 64
@@ -227,6 +233,9 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
 
 TINY = MovingShapesConfig(name="tiny", description="8 frames of 16x16, for tests",
                           frames=8, size=16, num_train=256, num_validation=64, num_heldout=64)
+TINY_FAST = MovingShapesConfig(name="tiny_fast", description="tiny, every clip crossing the whole "
+                               "room its shape has (~1.4 px a frame)", frames=8, size=16,
+                               num_train=256, num_validation=64, num_heldout=64, min_travel=1.0)
 DEFAULT = MovingShapesConfig(name="default", description="16 frames of 32x32 (DiT3D-S/2 grid)",
                              frames=16, size=32, num_train=4096, num_validation=512,
                              num_heldout=512)
@@ -265,7 +274,7 @@ def example(split: str, index: int, config="tiny") -> dict:
     label = labels[index % len(labels)]
     rng = np.random.default_rng((cfg.seed, _SPLIT_CODES[split], index))
     colour, shape, direction = combo_of(label)
-    video = render_video(colour, shape, direction, rng, cfg.frames, cfg.size)
+    video = render_video(colour, shape, direction, rng, cfg.frames, cfg.size, cfg.min_travel)
     return {"video": video, "caption": caption_of(colour, shape, direction), "label": label}
 
 
@@ -280,7 +289,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [TINY, DEFAULT]
+    BUILDER_CONFIGS = [TINY, TINY_FAST, DEFAULT]
     DEFAULT_CONFIG_NAME = "tiny"
     num_classes = NUM_CLASSES
 

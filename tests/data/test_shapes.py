@@ -121,3 +121,17 @@ print("TF" if "tensorflow" in sys.modules else "NO_TF")
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "NO_TF"
+
+
+def test_tiny_fast_crosses_the_whole_room_and_keeps_the_splits():
+    assert S.split_labels("heldout", "tiny_fast") == S.split_labels("heldout", "tiny")
+    for i in range(40):
+        ex = S.example("train", i, "tiny_fast")
+        fg = np.abs(ex["video"].astype(int) - ex["video"][0, 0, 0].astype(int)).sum(-1) > 60
+        first, last = np.argwhere(fg[0]), np.argwhere(fg[-1])
+        side = first[:, 0].max() - first[:, 0].min() + 1
+        moved = np.abs(last.min(0) - first.min(0))  # (rows, cols) of the bounding box corner
+        dx, dy = S.DIRECTIONS[S.combo_of(ex["label"])[2]]
+        assert tuple(moved) == (abs(dy) * (16 - side), abs(dx) * (16 - side)), i
+    with pytest.raises(ValueError, match="min_travel"):
+        S.render_video("red", "circle", "up", np.random.default_rng(0), 8, 16, min_travel=1.5)
