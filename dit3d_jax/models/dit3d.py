@@ -98,11 +98,16 @@ class DiT3D(DiT):
     def setup(self):
         if self.temporal_every < 1:
             raise ValueError(f"temporal_every must be >= 1, got {self.temporal_every}")
+        super().setup()
+        self.setup_text()
+
+    def setup_text(self):
+        """Checks the drop rates; the text layers (null text, projection, pooling) when text_dim
+        > 0. Shared with ViT3D."""
         for field in ("class_dropout_prob", "text_dropout_prob", "joint_dropout_prob"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field}: expected a probability in [0, 1], got "
                                  f"{getattr(self, field)!r}")
-        super().setup()
         if self.text_dim > 0:
             self.null_text_embedding = self.param(
                 "null_text_embedding",
@@ -128,6 +133,22 @@ class DiT3D(DiT):
             label = both if label is None else label | both
             text = both if text is None else text | both
         return label, text
+
+    def condition(self, t, y, text, text_mask, force_drop, train: bool):
+        """t (B,), y (B,) or None, text (B, L, text_dim) or None, text_mask (B, L) or None ->
+        (c (B, D) = timestep + label + pooled text, tokens (B, L, D) or None, mask (B, L) or
+        None), with the CFG drops of `condition_drops` applied. Shared with ViT3D."""
+        b = t.shape[0]
+        c = self.t_embedder(t)
+        label_drop, text_drop = self.condition_drops(b, force_drop, train)
+        y_emb = self.label_embedding(y, b, label_drop)
+        if y_emb is not None:
+            c = c + y_emb
+        tokens = mask = None
+        if self.text_dim > 0:
+            tokens, mask, pooled = self.text_condition(text, text_mask, b, text_drop)
+            c = c + pooled
+        return c, tokens, mask
 
     def text_condition(self, text, text_mask, batch: int, drop):
         """text (B, L, text_dim) or None, text_mask (B, L) bool or None, drop (B,) bool or None
@@ -178,15 +199,7 @@ class DiT3D(DiT):
 
         h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
         h = (h.astype(jnp.float32) + self.pos_embed()).reshape(b, f, -1, self.hidden_size)
-        c = self.t_embedder(t)
-        label_drop, text_drop = self.condition_drops(b, force_drop, train)
-        y_emb = self.label_embedding(y, b, label_drop)
-        if y_emb is not None:
-            c = c + y_emb
-        tokens = mask = None
-        if self.text_dim > 0:
-            tokens, mask, pooled = self.text_condition(text, text_mask, b, text_drop)
-            c = c + pooled
+        c, tokens, mask = self.condition(t, y, text, text_mask, force_drop, train)
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
         h = self.run_blocks(h, c, tokens, mask, temporal_pos)
         c_frames = jnp.repeat(c, f, axis=0)

@@ -240,14 +240,7 @@ class ViT3D(ViTBackbone, DiT3D):
         self.t_embedder = TimestepEmbedder(d, dtype=self.dtype)
         if self.num_classes > 0:
             self.y_embedder = LabelEmbedder(self.num_classes, d, self.class_dropout_prob)
-        if self.text_dim > 0:  # the same text layers as DiT3D (see DiT3D.text_condition)
-            self.null_text_embedding = self.param(
-                "null_text_embedding",
-                logical(nn.initializers.normal(self.text_dim ** -0.5), ("text",)),
-                (self.text_dim,), jnp.float32)
-            self.text_proj_fc1 = dense(d, self.dtype, ("text", "embed"), name="text_proj_fc1")
-            self.text_proj_fc2 = dense(d, self.dtype, ("mlp", "embed"), name="text_proj_fc2")
-            self.text_pool = dense(d, self.dtype, ("text", "embed"), zeros, name="text_pool")
+        self.setup_text()
         self.final_layer = FinalLayer(d, self.patch_size ** 2 * self.out_channels, self.dtype)
         self.smooth = nn.Conv(self.out_channels, (3, 3, 3), padding="SAME", dtype=jnp.float32,
                               param_dtype=jnp.float32,
@@ -272,15 +265,7 @@ class ViT3D(ViTBackbone, DiT3D):
         b, f = x.shape[:2]
         self.check_text(text, text_mask, b)
 
-        c = self.t_embedder(t)
-        label_drop, text_drop = self.condition_drops(b, force_drop, train)
-        y_emb = self.label_embedding(y, b, label_drop)
-        if y_emb is not None:
-            c = c + y_emb
-        tokens = mask = None
-        if self.text_dim > 0:
-            tokens, mask, pooled = self.text_condition(text, text_mask, b, text_drop)
-            c = c + pooled
+        c, tokens, mask = self.condition(t, y, text, text_mask, force_drop, train)
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
 
         h = self.embed_frames(x.reshape(b * f, s, s, self.in_channels))

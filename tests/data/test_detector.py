@@ -1,11 +1,20 @@
 """The analytic detector reads colour, shape and direction off moving_shapes videos exactly."""
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from dit3d_jax.data import detector as D
 from dit3d_jax.data import shapes as S
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "detector_robustness.py")
+_spec = importlib.util.spec_from_file_location("bench_detector_robustness", _PATH)
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+corrupt = _bench.corrupt  # the corruptions the bench scores (noise, blur, speckle, fade, jitter)
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +97,6 @@ def test_blank_video_and_bad_inputs():
         D.caption_accuracy(blank[None], [])
 
 
-def _corrupt(x, kind, level, rng):
-    """The corruptions of bench/detector_robustness.py, written out again for the test."""
-    if kind == "noise":
-        y = x + rng.normal(0.0, level, x.shape)
-    elif kind == "blur":
-        y = ndimage.gaussian_filter(x, (0, 0, level, level, 0))
-    elif kind == "speckle":
-        y = x.copy()
-        hit = rng.random(x.shape[:-1]) < level
-        y[hit] = rng.uniform(-1.0, 1.0, (int(hit.sum()), 3))
-    elif kind == "fade":
-        bg = np.median(x.reshape(len(x), -1, 3), axis=1)[:, None, None, None]
-        y = bg + level * (x - bg)
-    else:  # jitter: each frame rolled by a random whole-pixel offset in [-level, level]^2
-        y = np.stack([np.stack([np.roll(f, tuple(rng.integers(-level, level + 1, 2)), (0, 1))
-                                for f in clip]) for clip in x])
-    return np.clip(y, -1.0, 1.0)
-
-
 @pytest.fixture(scope="module")
 def train_clips_float():
     exs = [S.example("train", i, "tiny") for i in range(96)]
@@ -120,7 +110,7 @@ def train_clips_float():
                                         ("fade", 0.7), ("jitter", 1)])
 def test_detector_keeps_all_attributes_under_mild_corruption(train_clips_float, kind, level):
     x, caps = train_clips_float
-    acc = D.caption_accuracy(_corrupt(x, kind, level, np.random.default_rng(1)), caps)
+    acc = D.caption_accuracy(corrupt(x, kind, level, np.random.default_rng(1)), caps)
     assert acc["all"] >= 0.97 and acc["direction"] == 1.0, acc
 
 
@@ -131,5 +121,5 @@ def test_detector_keeps_all_attributes_under_mild_corruption(train_clips_float, 
                                         ("fade", 0.5)])
 def test_direction_survives_heavy_corruption(train_clips_float, kind, level):
     x, caps = train_clips_float
-    acc = D.caption_accuracy(_corrupt(x, kind, level, np.random.default_rng(2)), caps)
+    acc = D.caption_accuracy(corrupt(x, kind, level, np.random.default_rng(2)), caps)
     assert acc["direction"] >= 0.97, acc
