@@ -95,15 +95,25 @@ def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
 def _quiet_thread_echoes() -> None:
     """After a failed orbax write, TensorStore's callbacks find orbax's event loop closed and
     Python prints "RuntimeError: Event loop is closed" once per array (sys.unraisablehook);
-    on a full disk TensorBoard's writer thread dies with a traceback (threading.excepthook).
-    Those become nothing, and one warning line; every other exception keeps its hook."""
+    after a failed restore, orbax's abandoned read coroutines print their error the same way,
+    at whatever moment they are garbage-collected; on a full disk TensorBoard's writer thread
+    dies with a traceback (threading.excepthook). The checkpoint code reports each of those
+    failures itself, once, so these echoes become nothing (TensorBoard's: one warning line);
+    every other exception keeps its hook."""
     if getattr(sys.unraisablehook, "dit3d_quiet", False):
         return
     unraisable, thread_hook = sys.unraisablehook, threading.excepthook
 
+    def raised_in_orbax(info) -> bool:
+        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
+        code = getattr(info.object, "cr_code", None)  # a coroutine closed with its error
+        files = [f.filename for f in frames] + ([code.co_filename] if code else [])
+        return any(f"{os.sep}orbax{os.sep}" in name for name in files)
+
     def on_unraisable(info):
-        if not (isinstance(info.exc_value, RuntimeError)
-                and str(info.exc_value) == "Event loop is closed"):
+        closed_loop = (isinstance(info.exc_value, RuntimeError)
+                       and str(info.exc_value) == "Event loop is closed")
+        if not (closed_loop or raised_in_orbax(info)):
             unraisable(info)
 
     def on_thread_error(args):

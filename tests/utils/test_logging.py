@@ -68,3 +68,35 @@ def test_orbax_warnings_still_show_and_a_second_call_adds_nothing(captured):
             f"orbax at {logging.getLevelName(level)}", (), None))
     assert orbax_lines(captured.getvalue()) == [
         "WARNING /site-packages/orbax/checkpoint/manager.py| orbax at WARNING"]
+
+
+def test_orbax_unraisable_echoes_are_dropped_and_others_kept(monkeypatch, tmp_path):
+    """An error raised inside orbax that Python could only print through sys.unraisablehook (an
+    abandoned read coroutine after a failed restore) is dropped; any other keeps its hook."""
+    import os
+    import sys
+    import types
+
+    from dit3d_jax.utils import logging as dlog
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    dlog._quiet_thread_echoes()  # pylint: disable=protected-access
+
+    def error_from(filename):
+        code = compile("def read():\n    raise ValueError('OUT_OF_RANGE')\n", filename, "exec")
+        namespace = {}
+        exec(code, namespace)  # pylint: disable=exec-used
+        try:
+            namespace["read"]()
+        except ValueError as err:
+            return err
+
+    orbax_file = os.path.join(str(tmp_path), "orbax", "checkpoint", "serialization.py")
+    for filename, kept in ((orbax_file, False), (os.path.join(str(tmp_path), "ours.py"), True)):
+        err = error_from(filename)
+        sys.unraisablehook(types.SimpleNamespace(exc_type=ValueError, exc_value=err,
+                                                 exc_traceback=err.__traceback__,
+                                                 err_msg=None, object=None))
+        assert (len(seen) == 1) == kept, filename
+        seen.clear()
