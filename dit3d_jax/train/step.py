@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from dit3d_jax.diffusion import importance
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.models.vae import sample_posterior
 from dit3d_jax.train import optim
 from dit3d_jax.train.sharding import batch_sharding, replicated
 from dit3d_jax.train.state import TrainState, build_optimizer
@@ -55,9 +56,8 @@ def compute_dtype(name: str) -> Any:
 def draw_latents(batch: dict, key: jax.Array) -> jax.Array:
     """x0 = latent_mean + exp(latent_logvar / 2)·ε, ε ~ N(0, I) from `key`: a fresh sample of
     the (scaled) VAE posterior a latent dataset stores, (B, ...) float32."""
-    mean = batch["latent_mean"].astype(jnp.float32)
-    std = jnp.exp(0.5 * batch["latent_logvar"].astype(jnp.float32))
-    return mean + std * jax.random.normal(key, mean.shape, jnp.float32)
+    return sample_posterior(key, batch["latent_mean"].astype(jnp.float32),
+                            batch["latent_logvar"].astype(jnp.float32))
 
 
 def model_inputs(model: DiT, batch: dict, key: jax.Array | None = None
