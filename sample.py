@@ -135,6 +135,8 @@ def load_decoder(args, model, config):
             path = None
     if path is None:
         return None
+    if args.decode_chunk < 1:
+        raise UsageError(f"--decode-chunk {args.decode_chunk}: expected at least 1")
     from dit3d_jax.models.vae import load_vae
     try:
         vae, params = load_vae(path)
@@ -143,18 +145,16 @@ def load_decoder(args, model, config):
     if vae.latent_channels != model.in_channels:
         raise UsageError(f"--vae {path!r}: expected a VAE with {model.in_channels} latent "
                          f"channels (the model's), got {vae.latent_channels}")
-    if args.decode_chunk < 1:
-        raise UsageError(f"--decode-chunk {args.decode_chunk}: expected at least 1")
     return vae, params
 
 
-def decode(decoder, x):
-    """Scaled latents (N, [F,] h, w, c) -> pixels (N, [F,] f·h, f·w, 3) through the VAE, at most
-    --decode-chunk frames at a time."""
+def decode(decoder, x, chunk: int):
+    """Scaled latents (N, [F,] h, w, c) -> pixels (N, [F,] f·h, f·w, 3) through the VAE
+    decoder = (vae, params), at most `chunk` frames at a time."""
     import numpy as np
 
     from dit3d_jax.models.vae import decode_video
-    (vae, params), chunk = decoder
+    vae, params = decoder
     video = x if x.ndim == 5 else x[:, None]
     frames = np.asarray(decode_video(vae, params, video, chunk=chunk))
     return frames if x.ndim == 5 else frames[:, 0]
@@ -191,7 +191,7 @@ def _sample(argv) -> int:
     video = x.ndim == 5
     if decoder is not None:
         print(f"Decoding through the VAE, {args.decode_chunk} frames at a time", file=sys.stderr)
-        x = decode((decoder, args.decode_chunk), x)
+        x = decode(decoder, x, args.decode_chunk)
     x = x[..., :3]  # latents without a decoder: show the first three channels
     scale = args.scale or max(1, 128 // x.shape[-2])
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
