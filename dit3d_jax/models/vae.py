@@ -122,34 +122,25 @@ class Upsample(nn.Module):
         return _conv(x.shape[-1], 3, self.dtype, "conv")(x)
 
 
-class DownBlock(nn.Module):
-    """`num_layers` resnets, then a Downsample unless last: (N, H, W, C_in) -> (N, H/2, W/2, C)."""
+class ResnetStack(nn.Module):
+    """`num_layers` resnets, then the resampler `resample` names: "down" (Downsample, a down
+    block's), "up" (Upsample, an up block's) or "" (none, the last block):
+    (N, H, W, C_in) -> (N, H/2, W/2, C) | (N, 2H, 2W, C) | (N, H, W, C)."""
     out_channels: int
     num_layers: int
     groups: int
-    downsample: bool
+    resample: str
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for j in range(self.num_layers):
             x = ResnetBlock(self.out_channels, self.groups, self.dtype, name=f"resnets_{j}")(x)
-        return Downsample(self.dtype, name="downsamplers_0")(x) if self.downsample else x
-
-
-class UpBlock(nn.Module):
-    """`num_layers` resnets, then an Upsample unless last: (N, H, W, C_in) -> (N, 2H, 2W, C)."""
-    out_channels: int
-    num_layers: int
-    groups: int
-    upsample: bool
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for j in range(self.num_layers):
-            x = ResnetBlock(self.out_channels, self.groups, self.dtype, name=f"resnets_{j}")(x)
-        return Upsample(self.dtype, name="upsamplers_0")(x) if self.upsample else x
+        if self.resample == "down":
+            return Downsample(self.dtype, name="downsamplers_0")(x)
+        if self.resample == "up":
+            return Upsample(self.dtype, name="upsamplers_0")(x)
+        return x
 
 
 class Encoder(nn.Module):
@@ -165,8 +156,8 @@ class Encoder(nn.Module):
         x = _conv(self.block_out_channels[0], 3, self.dtype, "conv_in")(x.astype(self.dtype))
         last = len(self.block_out_channels) - 1
         for i, channels in enumerate(self.block_out_channels):
-            x = DownBlock(channels, self.layers_per_block, self.groups, i != last, self.dtype,
-                          name=f"down_blocks_{i}")(x)
+            x = ResnetStack(channels, self.layers_per_block, self.groups,
+                            "down" if i != last else "", self.dtype, name=f"down_blocks_{i}")(x)
         x = MidBlock(self.groups, self.dtype, name="mid_block")(x)
         x = nn.silu(_group_norm(x, self.groups, "conv_norm_out"))
         return _conv(2 * self.latent_channels, 3, self.dtype, "conv_out")(x)
@@ -186,8 +177,9 @@ class Decoder(nn.Module):
         x = _conv(widths[0], 3, self.dtype, "conv_in")(z.astype(self.dtype))
         x = MidBlock(self.groups, self.dtype, name="mid_block")(x)
         for i, channels in enumerate(widths):
-            x = UpBlock(channels, self.layers_per_block + 1, self.groups, i != len(widths) - 1,
-                        self.dtype, name=f"up_blocks_{i}")(x)
+            x = ResnetStack(channels, self.layers_per_block + 1, self.groups,
+                            "up" if i != len(widths) - 1 else "", self.dtype,
+                            name=f"up_blocks_{i}")(x)
         x = nn.silu(_group_norm(x, self.groups, "conv_norm_out"))
         return _conv(self.out_channels, 3, self.dtype, "conv_out")(x)
 
