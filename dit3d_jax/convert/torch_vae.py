@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from dit3d_jax.convert.torch_dit import _nest
 from dit3d_jax.models.vae import AutoencoderKL, param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -318,13 +319,7 @@ def convert_vae_state_dict(state_dict: Mapping[str, Any], vae: Optional[Autoenco
                  (("unknown keys", unknown), ("missing params", missing),
                   ("mis-shaped", mis_shaped)) if items]
         raise ValueError(f"VAE weights do not fit {_describe(vae)}: " + "; ".join(parts))
-    params: dict = {}
-    for path, value in flat.items():
-        node = params
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = value
-    return params
+    return _nest(flat)
 
 
 def _describe(vae: AutoencoderKL) -> str:
