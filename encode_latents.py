@@ -147,6 +147,8 @@ def encoded_examples(source, key: str, split: str, encode, batch: int, bar):
     zero-padded to `batch` rows, so one compiled encoder serves every step)."""
     import numpy as np
 
+    from dit3d_jax.data.pipeline import _text
+
     for start in range(0, len(source), batch):
         items = [source[i] for i in range(start, min(start + batch, len(source)))]
         pixels = np.stack([np.asarray(it[key]) for it in items])
@@ -155,10 +157,9 @@ def encoded_examples(source, key: str, split: str, encode, batch: int, bar):
             pixels = np.concatenate([pixels, np.zeros((pad,) + pixels.shape[1:], pixels.dtype)])
         mean, logvar = encode(pixels)
         for j, it in enumerate(items):
-            caption = it["caption"]
-            caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
             yield f"{split}/{start + j}", {"mean": mean[j], "logvar": logvar[j],
-                                           "caption": caption, "label": int(it["label"])}
+                                           "caption": _text(it["caption"]),
+                                           "label": int(it["label"])}
         bar.update(len(items))
 
 

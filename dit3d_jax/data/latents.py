@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from dit3d_jax.data.pipeline import _text
+
 NAME, CONFIG, VERSION_DIR = "latents", "default", "1.0.0"
 STORAGE_DTYPE = np.float16
 
@@ -131,10 +133,6 @@ def write_latents(path, splits: Mapping[str, Iterable], *, shape,
     builder = Latents(data_dir=os.fspath(path), shape=shape, splits=splits, metadata=metadata)
     builder.download_and_prepare()
     return variant_dir(path)
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class LatentSource:
