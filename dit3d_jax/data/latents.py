@@ -147,8 +147,9 @@ class LatentSource:
     def __init__(self, path, split: str = "train"):
         path = os.fspath(path)
         if not is_complete(path):
-            hint = (" (an encode into it did not finish: run encode_latents.py again)" if os.path.isdir(os.path.join(
-                        os.path.abspath(path), NAME, CONFIG)) else "")
+            started = os.path.isdir(os.path.join(os.path.abspath(path), NAME, CONFIG))
+            hint = (" (an encode into it did not finish: run encode_latents.py again)"
+                    if started else "")
             raise FileNotFoundError(
                 f"data.path: expected a latent dataset written by encode_latents.py --output "
                 f"DIR, got {path!r} with no finished dataset in it{hint}")
