@@ -70,14 +70,14 @@ def model_inputs(model: DiT, batch: dict, key: jax.Array | None = None
             raise ValueError("key: expected a PRNG key to draw x0 from batch['latent_mean'] / "
                              "['latent_logvar'], got None")
         return draw_latents(batch, key), _conditioning(model, batch)
-    key = "video" if isinstance(model, DiT3D) else "image"
-    if key not in batch:
-        other = "image" if key == "video" else "video"
+    entry = "video" if isinstance(model, DiT3D) else "image"
+    if entry not in batch:
+        other = "image" if entry == "video" else "video"
         if other not in batch:
-            raise ValueError(f"batch: expected a {key!r} entry for {type(model).__name__}, got "
-                             f"keys {sorted(batch)}")
-        key = other
-    return batch[key], _conditioning(model, batch)
+            raise ValueError(f"batch: expected a {entry!r} entry for {type(model).__name__}, "
+                             f"got keys {sorted(batch)}")
+        entry = other
+    return batch[entry], _conditioning(model, batch)
 
 
 def _conditioning(model: DiT, batch: dict) -> dict:
