@@ -204,6 +204,10 @@ def make_iterator(builder_or_source, *, split: str = "train", global_batch_size:
     if len(source) == 0:
         raise ValueError(f"builder_or_source: split {split!r} is empty")
     local_batch = global_batch_size // process_count
+    first = source[0] if augment else None  # read once, before any caption scan
+    if isinstance(first, dict) and "latent_mean" in first:
+        raise ValueError("augment: expected False for a latent dataset (a flip of the "
+                         "latents is not the latents of the flipped video), got True")
 
     table = (_caption_labels(builder, source, split)
              if (augment or text_encoder is not None) else {})
@@ -212,9 +216,6 @@ def make_iterator(builder_or_source, *, split: str = "train", global_batch_size:
         ds = ds.shuffle(seed=int(seed))
     ds = ds.repeat(num_epochs).map(_Decode())
     if augment:
-        if isinstance(source[0], dict) and "latent_mean" in source[0]:
-            raise ValueError("augment: expected False for a latent dataset (a flip of the "
-                             "latents is not the latents of the flipped video), got True")
         missing = sorted({hflip_caption(c) for c in table} - set(table))
         if missing:
             raise ValueError(f"augment: expected every flipped caption of split {split!r} to be "
