@@ -36,15 +36,21 @@ def model_from_spec(spec: dict, **overrides: Any) -> DiT:
     return FAMILIES[spec["family"]](**fields)
 
 
-def save_exported(directory: str, model: DiT, params: Any) -> None:
-    """Writes DIR/model.json and DIR/params; DIR must not hold params yet."""
+def save_params_and_spec(directory: str, params: Any, spec_name: str, spec: dict) -> None:
+    """Writes DIR/params (orbax) then DIR/`spec_name` (the JSON spec, last: a directory without
+    it is incomplete); DIR must not hold params yet."""
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(directory, "params"), params)
     checkpointer.wait_until_finished()
-    with open(os.path.join(directory, "model.json"), "w") as f:
-        json.dump(model_spec(model), f, indent=2)
+    with open(os.path.join(directory, spec_name), "w") as f:
+        json.dump(spec, f, indent=2)
+
+
+def save_exported(directory: str, model: DiT, params: Any) -> None:
+    """Writes DIR/params and DIR/model.json; DIR must not hold params yet."""
+    save_params_and_spec(directory, params, "model.json", model_spec(model))
 
 
 def load_exported(directory: str, **overrides: Any) -> tuple[DiT, Any]:

@@ -340,15 +340,9 @@ def vae_spec(vae: AutoencoderKL) -> dict:
 def save_vae(directory: str, vae: AutoencoderKL, params: Any) -> None:
     """Writes DIR/params (orbax) then DIR/vae.json (written last: a directory without it is
     incomplete). DIR must not hold params yet."""
-    import orbax.checkpoint as ocp
+    from dit3d_jax.models.export import save_params_and_spec
 
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, "params"), params)
-    checkpointer.wait_until_finished()
-    with open(os.path.join(directory, "vae.json"), "w") as f:
-        json.dump(vae_spec(vae), f, indent=2)
+    save_params_and_spec(directory, params, "vae.json", vae_spec(vae))
 
 
 def load_vae(directory: str, dtype: Any = None) -> tuple[AutoencoderKL, Any]:
