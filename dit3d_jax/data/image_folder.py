@@ -44,17 +44,16 @@ class ImageFolderSource:
         if not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"size: expected a positive int, got {size!r}")
         self.size = int(size)
-        classes = sorted(n for n in os.listdir(folder)
-                         if os.path.isdir(os.path.join(folder, n)))
+        self.classes = sorted(n for n in os.listdir(folder)
+                              if os.path.isdir(os.path.join(folder, n))) or [""]
         self._files: list[tuple[str, int]] = []
-        for label, sub in enumerate(classes or [""]):
+        for label, sub in enumerate(self.classes):
             d = os.path.join(folder, sub)
             self._files += [(os.path.join(d, n), label) for n in sorted(os.listdir(d))
                             if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
         if not self._files:
             raise ValueError(f"folder: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {folder!r} "
                              f"or its class sub-folders")
-        self.classes = classes or [""]
 
     def __len__(self) -> int:
         return len(self._files)
