@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from dit3d_jax.convert.torch_dit import _nest
+from dit3d_jax.convert.torch_dit import _nest, _to_numpy
 from dit3d_jax.models.vae import AutoencoderKL, param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -49,12 +49,6 @@ _CONFIG_FIELDS = ("in_channels", "out_channels", "latent_channels", "block_out_c
 # ----------------------------------------------------------------------------------------------
 # Reading files.
 # ----------------------------------------------------------------------------------------------
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().float().numpy()
-    return np.asarray(value, np.float32)
-
 
 def _read_safetensors(path: str) -> dict[str, Any]:
     """Only the VAE's tensors when the file is a whole SD checkpoint (first_stage_model.*)."""
@@ -307,7 +301,7 @@ def convert_vae_state_dict(state_dict: Mapping[str, Any], vae: Optional[Autoenco
             unknown.append(original)
             continue
         seen.add(path)
-        value = to_flax_layout(path, _to_numpy(tensor))
+        value = to_flax_layout(path, _to_numpy(tensor).astype(np.float32))
         if value.shape != expected[path]:
             mis_shaped.append(f"{original} {tuple(np.shape(tensor))} (expected "
                               f"{expected[path]} as {'/'.join(path)})")
