@@ -204,10 +204,6 @@ class DiT(nn.Module):
             return None
         return self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
 
-    def condition_drops(self, batch: int, force_drop, train: bool):
-        """(label drop, text drop), each (B,) bool or None; the image DiT has no text."""
-        return self.label_drops(batch, force_drop, train), None
-
     def label_embedding(self, y, batch: int, drop) -> Optional[jax.Array]:
         """y (B,) int or None, drop (B,) bool or None -> (B, D), or None for a model without
         classes."""
@@ -220,6 +216,13 @@ class DiT(nn.Module):
                 raise ValueError("y: labels are required (class_dropout_prob=0, no null class)")
             y = jnp.full((batch,), self.num_classes, jnp.int32)
         return self.y_embedder(y, drop)
+
+    def timestep_label(self, t, y, drop) -> jax.Array:
+        """t (B,), y (B,) int or None, drop (B,) bool or None (`label_drops`) -> c (B, D) =
+        t_emb + y_emb (t_emb alone for a model without classes). Shared with DiT3D.condition."""
+        c = self.t_embedder(t)
+        y_emb = self.label_embedding(y, t.shape[0], drop)
+        return c if y_emb is None else c + y_emb
 
     def check_inputs(self, x, t, y, spatial_shape: tuple) -> None:
         """Raises ValueError naming the argument when x, t or y do not fit the model."""
@@ -251,11 +254,7 @@ class DiT(nn.Module):
     def __call__(self, x, t, y=None, force_drop=None, train: bool = False) -> jax.Array:
         self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
         h = self.x_embedder(x).astype(jnp.float32) + self.pos_embed()  # float32 residual
-        c = self.t_embedder(t)
-        label_drop, _ = self.condition_drops(x.shape[0], force_drop, train)
-        y_emb = self.label_embedding(y, x.shape[0], label_drop)
-        if y_emb is not None:
-            c = c + y_emb
+        c = self.timestep_label(t, y, self.label_drops(x.shape[0], force_drop, train))
         return self.head(self.run_blocks(h, c), c)
 
 
