@@ -204,6 +204,11 @@ class DiT(nn.Module):
             return None
         return self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
 
+    def condition_drops(self, batch: int, force_drop, train: bool):
+        """(label drop, text drop), each (B,) bool or None; the image DiT has no text
+        (docs/interfaces.md names this method for every model)."""
+        return self.label_drops(batch, force_drop, train), None
+
     def label_embedding(self, y, batch: int, drop) -> Optional[jax.Array]:
         """y (B,) int or None, drop (B,) bool or None -> (B, D), or None for a model without
         classes."""
