@@ -89,6 +89,17 @@ def _carry_only(block_cls):
     return ScanStep
 
 
+def check_patch_and_heads(model) -> None:
+    """ValueError when model.input_size is not a multiple of model.patch_size, or
+    model.hidden_size of model.num_heads (DiT, ViT)."""
+    if model.input_size % model.patch_size:
+        raise ValueError(f"input_size {model.input_size} is not divisible by patch_size "
+                         f"{model.patch_size}")
+    if model.hidden_size % model.num_heads:
+        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_heads "
+                         f"{model.num_heads}")
+
+
 def stack_blocks(params: dict, depth: int) -> dict:
     """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout).
     Boxed params (nn.Partitioned leaves) are unboxed: the result holds plain arrays."""
@@ -170,12 +181,7 @@ class DiT(nn.Module):
         return h
 
     def setup(self):
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
-                             f"{self.num_heads}")
+        check_patch_and_heads(self)
         self.x_embedder = PatchEmbed(self.hidden_size, self.patch_size, self.dtype)
         self.t_embedder = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
         if self.num_classes > 0:
