@@ -49,9 +49,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_torch_checkpoint(path: str, flag: str = "--checkpoint"):
+def check_new_output(output: str, names: tuple[str, ...] = ("params",)) -> None:
+    """UsageError when --output already holds one of `names` (nothing is overwritten)."""
+    for name in names:
+        if os.path.exists(os.path.join(output, name)):
+            raise UsageError(f"--output {output!r} already holds {name}; choose a new directory")
+
+
+def load_torch_checkpoint(path: str, flag: str = "--checkpoint") -> dict:
     """torch.load(path) without running pickled code (weights_only; DiT's training dicts carry
-    an argparse.Namespace, allowed). UsageError when it is not a checkpoint torch can read."""
+    an argparse.Namespace, allowed). UsageError when it is not a checkpoint torch can read, or
+    holds something other than a dict."""
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -59,13 +67,17 @@ def load_torch_checkpoint(path: str, flag: str = "--checkpoint"):
                          ) from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pylint: disable=broad-except  # not a checkpoint, truncated, ...
         detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(err), re.S)
         why = " ".join(detail.group(1).split()) if detail else one_line(err, 200)
         raise UsageError(f"{flag} {path!r}: expected a PyTorch checkpoint (torch.save of a "
                          f"state_dict or of DiT's training dict), torch.load cannot read it: "
                          f"{why}") from err
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{flag} {path!r}: expected a state_dict (a dict of tensors), got a "
+                         f"{type(checkpoint).__name__}")
+    return checkpoint
 
 
 def main(argv) -> int:
@@ -82,18 +94,13 @@ def main(argv) -> int:
         return convert_vit(args)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
-    if os.path.exists(os.path.join(args.output, "params")):
-        raise UsageError(f"--output {args.output!r} already holds params; choose a new directory")
+    check_new_output(args.output)
 
     from dit3d_jax.convert import convert_torch_state_dict, infer_model, inflate, select_state_dict
     from dit3d_jax.models import count_params, get_model, init_params, variant_name
     from dit3d_jax.models.export import save_exported
 
-    checkpoint = load_torch_checkpoint(args.checkpoint)
-    if not isinstance(checkpoint, dict):
-        raise UsageError(f"--checkpoint {args.checkpoint!r}: expected a state_dict (a dict of "
-                         f"tensors), got a {type(checkpoint).__name__}")
-    state_dict = select_state_dict(checkpoint)
+    state_dict = select_state_dict(load_torch_checkpoint(args.checkpoint))
     try:
         model = infer_model(state_dict) if args.model is None else get_model(args.model)
         params = convert_torch_state_dict(state_dict, model)
@@ -125,10 +132,7 @@ def main(argv) -> int:
 
 def convert_vae(args) -> int:
     """--vae PATH --output DIR: SD VAE weights -> DIR/params + DIR/vae.json."""
-    for name in ("params", "vae.json"):
-        if os.path.exists(os.path.join(args.output, name)):
-            raise UsageError(f"--output {args.output!r} already holds {name}; choose a new "
-                             f"directory")
+    check_new_output(args.output, ("params", "vae.json"))
     from dit3d_jax.convert import load_torch_vae
     from dit3d_jax.models import count_params
     from dit3d_jax.models.vae import save_vae
@@ -145,23 +149,18 @@ def convert_vae(args) -> int:
     return 0
 
 
-
 def convert_vit(args) -> int:
     """--vit: torchvision ViT state_dict -> DIR holding the image ViT backbone."""
     if not os.path.isfile(args.vit):
         raise UsageError(f"--vit {args.vit!r}: expected a torchvision ViT state_dict file, got "
                          f"no such file")
-    if os.path.exists(os.path.join(args.output, "params")):
-        raise UsageError(f"--output {args.output!r} already holds params; choose a new directory")
+    check_new_output(args.output)
 
     from dit3d_jax.convert.torch_vit import convert_torch_vit, infer_vit
     from dit3d_jax.models import count_params, variant_name
     from dit3d_jax.models.export import save_exported
 
     state_dict = load_torch_checkpoint(args.vit, "--vit")
-    if not isinstance(state_dict, dict):
-        raise UsageError(f"--vit {args.vit!r}: expected a state_dict (dict of tensors), got "
-                         f"{type(state_dict).__name__}")
     try:
         model = infer_vit(state_dict)
         stored = model.input_size
@@ -176,6 +175,7 @@ def convert_vit(args) -> int:
           f"variant: {variant_name(model)}, input {model.input_size}{resized}\n"
           f"parameters: {count_params(params):,}\nwrote {os.path.abspath(args.output)}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(run(main))

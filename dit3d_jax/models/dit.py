@@ -89,6 +89,17 @@ def _carry_only(block_cls):
     return ScanStep
 
 
+def check_patch_and_heads(model) -> None:
+    """ValueError when model.input_size is not a multiple of model.patch_size, or
+    model.hidden_size of model.num_heads (DiT, ViT)."""
+    if model.input_size % model.patch_size:
+        raise ValueError(f"input_size {model.input_size} is not divisible by patch_size "
+                         f"{model.patch_size}")
+    if model.hidden_size % model.num_heads:
+        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_heads "
+                         f"{model.num_heads}")
+
+
 def stack_blocks(params: dict, depth: int) -> dict:
     """blocks_0 … blocks_{depth-1} -> one "blocks" tree with a leading depth axis (scan layout).
     Boxed params (nn.Partitioned leaves) are unboxed: the result holds plain arrays."""
@@ -170,12 +181,7 @@ class DiT(nn.Module):
         return h
 
     def setup(self):
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
-                             f"{self.num_heads}")
+        check_patch_and_heads(self)
         self.x_embedder = PatchEmbed(self.hidden_size, self.patch_size, self.dtype)
         self.t_embedder = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
         if self.num_classes > 0:
@@ -205,7 +211,8 @@ class DiT(nn.Module):
         return self.drop_mask(batch, self.class_dropout_prob, force_drop, train, 0)
 
     def condition_drops(self, batch: int, force_drop, train: bool):
-        """(label drop, text drop), each (B,) bool or None; the image DiT has no text."""
+        """(label drop, text drop), each (B,) bool or None; the image DiT has no text
+        (docs/interfaces.md names this method for every model)."""
         return self.label_drops(batch, force_drop, train), None
 
     def label_embedding(self, y, batch: int, drop) -> Optional[jax.Array]:
@@ -220,6 +227,13 @@ class DiT(nn.Module):
                 raise ValueError("y: labels are required (class_dropout_prob=0, no null class)")
             y = jnp.full((batch,), self.num_classes, jnp.int32)
         return self.y_embedder(y, drop)
+
+    def timestep_label(self, t, y, drop) -> jax.Array:
+        """t (B,), y (B,) int or None, drop (B,) bool or None (`label_drops`) -> c (B, D) =
+        t_emb + y_emb (t_emb alone for a model without classes). Shared with DiT3D.condition."""
+        c = self.t_embedder(t)
+        y_emb = self.label_embedding(y, t.shape[0], drop)
+        return c if y_emb is None else c + y_emb
 
     def check_inputs(self, x, t, y, spatial_shape: tuple) -> None:
         """Raises ValueError naming the argument when x, t or y do not fit the model."""
@@ -251,11 +265,7 @@ class DiT(nn.Module):
     def __call__(self, x, t, y=None, force_drop=None, train: bool = False) -> jax.Array:
         self.check_inputs(x, t, y, (self.input_size, self.input_size, self.in_channels))
         h = self.x_embedder(x).astype(jnp.float32) + self.pos_embed()  # float32 residual
-        c = self.t_embedder(t)
-        label_drop, _ = self.condition_drops(x.shape[0], force_drop, train)
-        y_emb = self.label_embedding(y, x.shape[0], label_drop)
-        if y_emb is not None:
-            c = c + y_emb
+        c = self.timestep_label(t, y, self.label_drops(x.shape[0], force_drop, train))
         return self.head(self.run_blocks(h, c), c)
 
 

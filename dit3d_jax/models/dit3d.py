@@ -139,11 +139,8 @@ class DiT3D(DiT):
         (c (B, D) = timestep + label + pooled text, tokens (B, L, D) or None, mask (B, L) or
         None), with the CFG drops of `condition_drops` applied. Shared with ViT3D."""
         b = t.shape[0]
-        c = self.t_embedder(t)
         label_drop, text_drop = self.condition_drops(b, force_drop, train)
-        y_emb = self.label_embedding(y, b, label_drop)
-        if y_emb is not None:
-            c = c + y_emb
+        c = self.timestep_label(t, y, label_drop)
         tokens = mask = None
         if self.text_dim > 0:
             tokens, mask, pooled = self.text_condition(text, text_mask, b, text_drop)

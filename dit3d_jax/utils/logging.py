@@ -50,7 +50,12 @@ class _AsyncioEchoFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         tb = record.exc_info[2] if record.exc_info else None
-        return tb is None or not any(_ORBAX in f.filename for f in traceback.extract_tb(tb))
+        return not any(_ORBAX in name for name in _traceback_files(tb))
+
+
+def _traceback_files(tb) -> list[str]:
+    """The source file of each frame of traceback `tb` ([] for None)."""
+    return [f.filename for f in traceback.extract_tb(tb)] if tb is not None else []
 
 
 def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
@@ -105,10 +110,9 @@ def _quiet_thread_echoes() -> None:
     unraisable, thread_hook = sys.unraisablehook, threading.excepthook
 
     def raised_in_orbax(info) -> bool:
-        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
         code = getattr(info.object, "cr_code", None)  # a coroutine closed with its error
-        files = [f.filename for f in frames] + ([code.co_filename] if code else [])
-        return any(f"{os.sep}orbax{os.sep}" in name for name in files)
+        files = _traceback_files(info.exc_traceback) + ([code.co_filename] if code else [])
+        return any(_ORBAX in name for name in files)
 
     def on_unraisable(info):
         closed_loop = (isinstance(info.exc_value, RuntimeError)
@@ -117,9 +121,9 @@ def _quiet_thread_echoes() -> None:
             unraisable(info)
 
     def on_thread_error(args):
-        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
         if isinstance(args.exc_value, OSError) and any(
-                f"{os.sep}tensorboardX{os.sep}" in f.filename for f in frames):
+                f"{os.sep}tensorboardX{os.sep}" in name
+                for name in _traceback_files(args.exc_traceback)):
             logging.getLogger(__name__).warning("TensorBoard event writer stopped: %s",
                                                 args.exc_value)
             return

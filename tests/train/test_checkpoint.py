@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dit3d_jax.train.checkpoint import Checkpointer, load_workdir
+from child_env import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,13 +69,8 @@ np.savez(args["dump"], **{jax.tree_util.keystr(p): np.asarray(v) for p, v in fla
 
 
 def _run(tmp_path, name, overrides, devices):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         "--xla_backend_optimization_level=0",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                      "dit3d_jax_test_jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = child_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                              "--xla_backend_optimization_level=0")
     args = dict(config=os.path.join(REPO, "configs", "tiny.py"), workdir=str(tmp_path / "run"),
                 dump=str(tmp_path / f"{name}.npz"), overrides=overrides)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, env=env,

@@ -6,10 +6,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+from child_env import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,22 +44,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_backend_optimization_level=0",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                      "dit3d_jax_test_jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
-
-
 def _start(workdir, process_id, port=None, log=None, overrides=None):
     args = dict(config=os.path.join(REPO, "configs", "tiny.py"), workdir=str(workdir),
                 process_id=process_id, port=port,
                 overrides=overrides or {"train.num_steps": 3, "train.checkpoint_every": 3})
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, stderr=log, text=True)
+                            env=child_env(), stdout=subprocess.PIPE, stderr=log, text=True)
 
 
 def _result(proc, log_path):

@@ -9,23 +9,18 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 from dit3d_jax.train.checkpoint import CheckpointError, load_workdir
+from child_env import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
 RUN = {"train.num_steps": 9, "train.checkpoint_every": 3, "train.keep_checkpoints": 3}
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-           XLA_FLAGS="--xla_backend_optimization_level=0",
-           JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                  "dit3d_jax_test_jax_cache"),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+ENV = child_env()
 
 # A run of configs/tiny.py with RUN: argv[1] the workdir, argv[2] where to save the final state.
 CHILD = r"""

@@ -9,12 +9,12 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 import pytest
+from child_env import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -49,18 +49,6 @@ flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
 np.savez(args["dump"], **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
 print("FINISHED", flush=True)
 """
-
-
-def child_env(**extra):
-    """Environment for child runs: CPU, a compilation cache shared by every test run."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                      "dit3d_jax_test_jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # compiles twice as fast
-    env.update(extra)
-    return env
 
 
 def start_child(tmp_path, name, **args):
