@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer, unpatchify
+from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer
 from dit3d_jax.models.dit3d import DiT3D, _gate_one_bias
 from dit3d_jax.models.layers import (CrossAttention, Dtype, LabelEmbedder, SelfAttention,
                                      TimestepEmbedder, ada_ln, dense, logical, norm,
@@ -247,11 +247,6 @@ class ViT3D(ViTBackbone, DiT3D):
                               kernel_init=logical(_identity_conv3d, (None,) * 5),
                               bias_init=logical(zeros, (None,)))
 
-    def head(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        """Patch tokens (B·F, grid², D), c (B·F, D) -> (B·F, H, W, C_out) float32."""
-        out = self.final_layer(x, c).astype(jnp.float32)
-        return unpatchify(out, self.grid_size, self.patch_size, self.out_channels)
-
     def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
                  train: bool = False) -> jax.Array:
         s = self.input_size
@@ -275,7 +270,7 @@ class ViT3D(ViTBackbone, DiT3D):
                       temporal_pos).reshape(b * f, -1, self.hidden_size)
         patches = self.encoder_ln(h)[:, 1:]
         self.sow("intermediates", "head_input", patches)  # (B·F, grid², D), read by the tests
-        out = self.head(patches, jnp.repeat(c, f, axis=0))
+        out = self.head(patches, jnp.repeat(c, f, axis=0))  # DiT's: (B·F, H, W, C_out) float32
         out = out.reshape(b, f, s, s, self.out_channels)
         return self.smooth(out)
 
