@@ -81,6 +81,20 @@ REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
+def check_grid_fields(model) -> None:
+    """ValueError naming the field when a transformer's input_size is not a multiple of its
+    patch_size, its hidden_size not a multiple of num_heads, or remat no REMAT_POLICIES key
+    (DiT's and the ViT backbone's checks)."""
+    if model.input_size % model.patch_size:
+        raise ValueError(f"input_size {model.input_size} is not divisible by patch_size "
+                         f"{model.patch_size}")
+    if model.hidden_size % model.num_heads:
+        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_heads "
+                         f"{model.num_heads}")
+    if model.remat not in REMAT_POLICIES:
+        raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {model.remat!r}")
+
+
 def _carry_only(block_cls):
     """block_cls whose call returns (x, None), the (carry, output) pair nn.scan expects."""
     class ScanStep(block_cls):
@@ -147,8 +161,6 @@ class DiT(nn.Module):
     def make_blocks(self):
         """A list of `depth` blocks (params blocks_0 … blocks_{depth-1}), or with scan_blocks one
         scanned block whose params carry a leading depth axis (params "blocks")."""
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
         cls = self.block_class
         if self.remat != "none":
             cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat])
@@ -170,12 +182,7 @@ class DiT(nn.Module):
         return h
 
     def setup(self):
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
-                             f"{self.num_heads}")
+        check_grid_fields(self)
         self.x_embedder = PatchEmbed(self.hidden_size, self.patch_size, self.dtype)
         self.t_embedder = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
         if self.num_classes > 0:

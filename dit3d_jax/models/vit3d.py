@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer
+from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer, check_grid_fields
 from dit3d_jax.models.dit3d import DiT3D, _gate_one_bias
 from dit3d_jax.models.layers import (CrossAttention, Dtype, LabelEmbedder, SelfAttention,
                                      TimestepEmbedder, ada_ln, dense, logical, norm,
@@ -88,14 +88,7 @@ class ViTBackbone:
         if self.in_channels != 3:
             raise ValueError(f"in_channels: the ViT backbone takes RGB frames, expected 3, got "
                              f"{self.in_channels}")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
-                             f"{self.num_heads}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        check_grid_fields(self)
 
     def setup_backbone(self) -> None:
         d, p = self.hidden_size, self.patch_size
