@@ -14,6 +14,8 @@ is dropped for classifier-free guidance or absent.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,6 +92,12 @@ class DiT3D(DiT):
     temporal_every: int = 1
 
     block_class = DiT3DBlock
+
+    def backbone_model(self) -> DiT:
+        """The image DiT with this model's shared fields (the one a DiT3D is inflated from; its
+        params are what optim.freeze='backbone' freezes)."""
+        return DiT(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DiT)
+                      if f.name not in ("parent", "name")}, parent=None)
 
     def block_kwargs(self, index: int) -> dict:
         return dict(super().block_kwargs(index), temporal=index % self.temporal_every == 0,
