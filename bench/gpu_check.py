@@ -38,7 +38,7 @@ from typing import Callable, Optional
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from common import RESULT_MARK, fmt, gib, print_table  # noqa: E402
+from common import RESULT_MARK, compile_note, fmt, gib, print_table  # noqa: E402
 
 # What the parts import: checked (not imported) before anything runs.
 NEEDED = ["jax", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl", "einops",
@@ -183,7 +183,7 @@ def bench_rows(part: Part, record: dict, dry: bool) -> list[list[str]]:
         mfu = r.get("mfu")
         rows.append([part.name, label, r["framework"], r["precision"], time_cell,
                      fmt(mfu and 100 * mfu, ".1f") + ("%" if mfu else ""),
-                     gib(r.get("peak_bytes")), fmt(r.get("compile_s"), ".1f"),
+                     gib(r.get("peak_bytes")), compile_note(r),
                      fmt(r.get("jax_speedup"), ".2f") + ("×" if r.get("jax_speedup") else ""),
                      verdict(part, r, median, dry)])
     return rows
