@@ -38,7 +38,8 @@ from typing import Callable, Optional
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from common import RESULT_MARK, compile_note, fmt, gib, print_table  # noqa: E402
+from common import (RESULT_MARK, compile_note, fmt, gib, print_table,  # noqa: E402
+                    worker_pythonpath)
 
 # What the parts import: checked (not imported) before anything runs.
 NEEDED = ["jax", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl", "einops",
@@ -235,8 +236,8 @@ def main(argv=None) -> int:
     out = out_dir(args)
     os.makedirs(out, exist_ok=True)
     info = preflight()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DIT3D_BENCH_ECHO="1", PYTHONPATH=os.pathsep.join(
-        [REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DIT3D_BENCH_ECHO="1",
+               PYTHONPATH=worker_pythonpath())
     if args.dry_run:  # plumbing, not speed: XLA's cheapest CPU compiles (-40% CPU time)
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
             [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
