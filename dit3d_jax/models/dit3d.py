@@ -195,15 +195,21 @@ class DiT3D(DiT):
             raise ValueError(f"text_mask: expected shape {tuple(text.shape[:2])}, got "
                              f"{tuple(text_mask.shape)}")
 
-    def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
-                 train: bool = False) -> jax.Array:
-        s, p = self.input_size, self.patch_size
+    def check_video(self, x, t, y, text, text_mask) -> None:
+        """ValueError naming the argument when x (B, F, H, W, C), t, y, text or text_mask do not
+        fit the model (shared with ViT3D)."""
+        s = self.input_size
         if x.ndim == 5 and x.shape[1] != self.num_frames:
             raise ValueError(f"x: expected {self.num_frames} frames (num_frames), got "
                              f"{x.shape[1]} in shape {tuple(x.shape)}")
         self.check_inputs(x, t, y, (self.num_frames, s, s, self.in_channels))
+        self.check_text(text, text_mask, x.shape[0])
+
+    def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
+                 train: bool = False) -> jax.Array:
+        self.check_video(x, t, y, text, text_mask)
+        s = self.input_size
         b, f = x.shape[:2]
-        self.check_text(text, text_mask, b)
 
         h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
         h = (h.astype(jnp.float32) + self.pos_embed()).reshape(b, f, -1, self.hidden_size)

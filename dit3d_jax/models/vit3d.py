@@ -243,15 +243,11 @@ class ViT3D(ViTBackbone, DiT3D):
     def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
                  train: bool = False) -> jax.Array:
         s = self.input_size
-        if x.ndim == 5 and x.shape[1] != self.num_frames:
-            raise ValueError(f"x: expected {self.num_frames} frames (num_frames), got "
-                             f"{x.shape[1]} in shape {tuple(x.shape)}")
         if x.ndim == 5 and x.shape[-1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} channels (RGB, channels last), got "
                              f"{x.shape[-1]} in shape {tuple(x.shape)}")
-        self.check_inputs(x, t, y, (self.num_frames, s, s, self.in_channels))
+        self.check_video(x, t, y, text, text_mask)
         b, f = x.shape[:2]
-        self.check_text(text, text_mask, b)
 
         c, tokens, mask = self.condition(t, y, text, text_mask, force_drop, train)
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
