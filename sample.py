@@ -59,12 +59,14 @@ def load(args):
     mismatched source (a workdir whose newest checkpoint does not restore falls back to the
     newest that does, with a warning)."""
     if args.checkpoint is not None:
+        from dit3d_jax.models import check_denoiser, variant_name
         from dit3d_jax.models.export import load_exported
         if not os.path.isfile(os.path.join(args.checkpoint, "model.json")):
             raise UsageError(f"--checkpoint {args.checkpoint!r}: no model.json there (expected a "
                              f"convert_torch_weights.py output)")
         try:
             model, params = load_exported(args.checkpoint)
+            check_denoiser(variant_name(model), "model.json")
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(f"--checkpoint {args.checkpoint!r}: {err}") from err
         return model, params, None

@@ -385,13 +385,18 @@ def emit_result(result: dict) -> None:
           flush=True)
 
 
+def worker_pythonpath() -> str:
+    """PYTHONPATH for a bench subprocess: the repository and tests/ (the PyTorch references)
+    ahead of the caller's own."""
+    return os.pathsep.join([REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")])
+
+
 def run_worker(script: str, args: Sequence[str], timeout: Optional[float] = None,
                env: Optional[dict] = None) -> dict:
     """Runs `python script args…` in a fresh process (extra environment `env`) and returns its
     marked JSON result, or {"error": …} with the tail of its output when it failed."""
     cmd = [sys.executable, script, *args]
-    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
-        [REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=worker_pythonpath())
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:

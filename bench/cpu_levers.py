@@ -91,8 +91,7 @@ def main(argv=None) -> int:
         dtype = dtype or "float32"
         print(f"== variant {name}: XLA_FLAGS={flags!r}, {dtype}", flush=True)
         env = dict(os.environ, XLA_FLAGS=flags, **common.TORCH_CPU_ENV,
-                   PYTHONPATH=os.pathsep.join([common.REPO, os.path.join(common.REPO, "tests"),
-                                               os.environ.get("PYTHONPATH", "")]))
+                   PYTHONPATH=common.worker_pythonpath())
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--variant", spec,
                                "--rounds", str(args.rounds), "--run-variant", dtype],
                               env=env, stdout=subprocess.PIPE, text=True)

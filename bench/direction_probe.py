@@ -101,10 +101,11 @@ def per_clip_losses(model, params, objective, clips, conds: Sequence[Mapping[str
         out = model.apply({"params": params}, x_t, objective.model_timesteps(t), **cond)
         return objective.losses(out, x1, x_t, t, noise)[0]
 
+    bad = [t for t in ts if not 0.0 <= t <= 1.0]
+    if bad:
+        raise ValueError(f"t: expected values in [0, 1], got {bad}")
     out = np.zeros((len(conds), len(ts), n))
     for i, t in enumerate(ts):
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t: expected values in [0, 1], got {t!r}")
         noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), x1.shape,
                                   jnp.float32)
         tt = (jnp.full((n,), t, jnp.float32) if flow else

@@ -33,12 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from common import RESULT_MARK, fmt, gib, print_table  # noqa: E402
+from common import (RESULT_MARK, compile_note, fmt, gib, print_table,  # noqa: E402
+                    worker_pythonpath)
 
 # What the parts import: checked (not imported) before anything runs.
 NEEDED = ["jax", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl", "einops",
@@ -49,13 +50,15 @@ VERSIONS = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collection
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """One part: its command (real sizes / dry run), timeout in seconds, and its goal."""
+    """One part: its command (real sizes / dry run), timeout in seconds, and its goal: the text
+    and `meets(jax result, median s)`, whether a JAX row reaches it."""
     name: str
     argv: list
     dry_argv: list
     timeout: float
     dry_timeout: float
     goal: str = ""
+    meets: Optional[Callable[[dict, float], bool]] = None
 
 
 # PyTorch's best mode on a GPU is bf16 autocast (anchors: DiT-S/2 b256 95 ms vs 155 ms tf32);
@@ -75,20 +78,23 @@ PARTS = [
           "--warmup", "5", "--torch-modes", "tf32,bf16-autocast"],
          ["bench/train_step.py", "--model", "DiT-S/2", "--batch", "2", *TINY, "--steps", "2",
           "--warmup", "1", *TORCH_DRY],
-         timeout=120, dry_timeout=120, goal="≤ 28 ms/step"),
+         timeout=120, dry_timeout=120, goal="≤ 28 ms/step",
+         meets=lambda result, median: 1e3 * median <= 28.0),
     Part("train_dit3d_b32",
          ["bench/train_step.py", "--model", "DiT3D-S/2", "--batch", "32",
           "--freeze", "none,backbone", "--steps", "20", "--warmup", "5", *TORCH_GPU],
          ["bench/train_step.py", "--model", "DiT3D-S/2", "--batch", "1", "--frames", "2",
           *TINY, "--text-len", "4", "--freeze", "backbone", "--steps", "2", "--warmup", "1",
           *TORCH_DRY],
-         timeout=190, dry_timeout=150, goal="≥ 40% MFU"),
+         timeout=190, dry_timeout=150, goal="≥ 40% MFU",
+         meets=lambda result, median: (result.get("mfu") or 0.0) >= 0.40),
     Part("sample_dit_xl2",
          ["bench/sample.py", "--model", "DiT-XL/2", "--batch", "8", "--repeats", "2",
           "--warmup", "1", *TORCH_GPU],
          ["bench/sample.py", "--model", "DiT-XL/2", "--batch", "1", *TINY, "--sample-steps", "3",
           "--repeats", "1", "--warmup", "0", *TORCH_DRY],
-         timeout=160, dry_timeout=120, goal="≤ 2.0 s"),
+         timeout=160, dry_timeout=120, goal="≤ 2.0 s",
+         meets=lambda result, median: median <= 2.0),
 ]
 
 
@@ -178,7 +184,7 @@ def bench_rows(part: Part, record: dict, dry: bool) -> list[list[str]]:
         mfu = r.get("mfu")
         rows.append([part.name, label, r["framework"], r["precision"], time_cell,
                      fmt(mfu and 100 * mfu, ".1f") + ("%" if mfu else ""),
-                     gib(r.get("peak_bytes")), fmt(r.get("compile_s"), ".1f"),
+                     gib(r.get("peak_bytes")), compile_note(r),
                      fmt(r.get("jax_speedup"), ".2f") + ("×" if r.get("jax_speedup") else ""),
                      verdict(part, r, median, dry)])
     return rows
@@ -186,17 +192,11 @@ def bench_rows(part: Part, record: dict, dry: bool) -> list[list[str]]:
 
 def verdict(part: Part, result: dict, median: float, dry: bool) -> str:
     """The goal and whether this JAX row meets it ("" for PyTorch rows)."""
-    if result["framework"] != "jax" or not part.goal:
+    if result["framework"] != "jax" or part.meets is None:
         return ""
     if dry:
         return f"{part.goal} (dry run: n/a)"
-    if part.name == "train_dit_s2":
-        met = 1e3 * median <= 28.0
-    elif part.name == "train_dit3d_b32":
-        met = (result.get("mfu") or 0.0) >= 0.40
-    else:
-        met = median <= 2.0
-    return f"{part.goal}: {'met' if met else 'NOT met'}"
+    return f"{part.goal}: {'met' if part.meets(result, median) else 'NOT met'}"
 
 
 def results_from(output: str, json_path: str) -> dict:
@@ -236,8 +236,8 @@ def main(argv=None) -> int:
     out = out_dir(args)
     os.makedirs(out, exist_ok=True)
     info = preflight()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DIT3D_BENCH_ECHO="1", PYTHONPATH=os.pathsep.join(
-        [REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DIT3D_BENCH_ECHO="1",
+               PYTHONPATH=worker_pythonpath())
     if args.dry_run:  # plumbing, not speed: XLA's cheapest CPU compiles (-40% CPU time)
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
             [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",

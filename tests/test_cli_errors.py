@@ -21,7 +21,8 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 def _cases(d):
     """name -> (argv, a regex the error line must match). d: a scratch directory holding
     `run` (a tiny train.py workdir at step 0), `other` (its copy with a model.json of another
-    width), `empty/`, `text.pt` (not a checkpoint) and `foreign.pt` (a state_dict of no DiT)."""
+    width), `vit` (an export of a bare ViT backbone, as `convert_torch_weights.py --vit` writes),
+    `empty/`, `text.pt` (not a checkpoint) and `foreign.pt` (a state_dict of no DiT)."""
     train = [sys.executable, "train.py", "--config", TINY]
     sample = [sys.executable, "sample.py"]
     convert = [sys.executable, "convert_torch_weights.py", "--output", f"{d}/out"]
@@ -47,12 +48,18 @@ def _cases(d):
             train + ["--workdir", f"{d}/run", "--config.model.kwargs.hidden_size=32"],
             r"checkpoint: step 0 in .* was written for another model or config: \d+ arrays of "
             r"another shape"),
+        "train_vit_backbone": (
+            train + ["--workdir", f"{d}/w", "--config.model.name=ViT-S/8"],
+            r"model.name: ViT-S/8 is the image ViT backbone alone, not a denoiser"),
         "train_verbose_traceback": (
             train + ["--workdir", f"{d}/w", "--config.trian.num_steps=2", "--verbose"],
             r"names no field"),
         "sample_workdir_missing": (sample + ["--workdir", f"{d}/nope"], r"does not exist"),
         "sample_not_a_checkpoint": (sample + ["--checkpoint", f"{d}/text.pt"],
                                     r"no model.json there"),
+        "sample_vit_backbone": (sample + ["--checkpoint", f"{d}/vit"],
+                                r"--checkpoint '.*vit': model.json: ViT-Ti/16 \(depth 1\) is the "
+                                r"image ViT backbone alone, not a denoiser"),
         "sample_bad_value": (sample + ["--workdir", f"{d}/run", "--num", "x"],
                              r"argument --num: invalid int value: 'x'"),
         "sample_checkpoint_other_model": (
@@ -70,6 +77,9 @@ def _cases(d):
 @pytest.fixture(scope="module")
 def results():
     torch = pytest.importorskip("torch")
+    import jax
+    from dit3d_jax.models import get_model, init_params
+    from dit3d_jax.models.export import save_exported
     from dit3d_jax.train.config import load_config_file
     from dit3d_jax.train.loop import train_and_evaluate
     d = tempfile.mkdtemp(prefix="cli_errors_")
@@ -78,6 +88,8 @@ def results():
     spec = json.load(open(f"{d}/other/model.json"))
     spec["fields"]["hidden_size"] = 32
     json.dump(spec, open(f"{d}/other/model.json", "w"))
+    vit = get_model("ViT-Ti/16", depth=1, input_size=16)
+    save_exported(f"{d}/vit", vit, init_params(vit, jax.random.key(0)))
     os.makedirs(f"{d}/empty")
     with open(f"{d}/text.pt", "w") as f:
         f.write("not a checkpoint\n")

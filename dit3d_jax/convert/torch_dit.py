@@ -101,6 +101,17 @@ def _nest(flat: Mapping[tuple[str, ...], np.ndarray]) -> dict:
     return tree
 
 
+def check_key_match(target: str, unknown: list, missing, wrong: list) -> None:
+    """ValueError listing every unknown torch key, missing param path and mis-shaped key of a
+    conversion into `target`, or nothing when all three are empty."""
+    missing = sorted("/".join(p) for p in missing)
+    problems = ([f"unknown keys: {unknown}"] if unknown else []) + \
+               ([f"missing params: {missing}"] if missing else []) + \
+               ([f"mis-shaped: {wrong}"] if wrong else [])
+    if problems:
+        raise ValueError(f"state_dict does not match {target}: " + "; ".join(problems))
+
+
 def convert_torch_state_dict(state_dict: Mapping[str, Any], model: Optional[DiT] = None) -> dict:
     """A DiT state_dict (torch tensors or NumPy arrays) -> Flax params (nested dict, float32 NumPy).
 
@@ -129,12 +140,7 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], model: Optional[DiT]
                          f"{expected[path]} for {'/'.join(path)}")
             continue
         converted[path] = array.astype(np.float32)
-    missing = sorted("/".join(p) for p in set(expected) - set(converted))
-    problems = ([f"unknown keys: {unknown}"] if unknown else []) + \
-               ([f"missing params: {missing}"] if missing else []) + \
-               ([f"mis-shaped: {wrong}"] if wrong else [])
-    if problems:
-        raise ValueError("state_dict does not match the model: " + "; ".join(problems))
+    check_key_match("the model", unknown, set(expected) - set(converted), wrong)
     params = _nest(converted)
     return stack_blocks(params, model.depth) if model.scan_blocks else params
 

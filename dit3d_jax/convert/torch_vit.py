@@ -23,7 +23,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from dit3d_jax.convert.torch_dit import _expected_shapes, _nest, _to_numpy, select_state_dict
+from dit3d_jax.convert.torch_dit import (_expected_shapes, _nest, _to_numpy, check_key_match,
+                                         select_state_dict)
 from dit3d_jax.models import get_model
 from dit3d_jax.models.vit3d import VIT_SIZES, ViT
 
@@ -154,10 +155,5 @@ def convert_torch_vit(state_dict: Mapping[str, Any], model: Optional[ViT] = None
             wrong_paths.add(path)
             continue
         converted[path], sources[path] = array.astype(np.float32), key
-    missing = sorted("/".join(p) for p in set(expected) - set(converted) - wrong_paths)
-    problems = ([f"unknown keys: {unknown}"] if unknown else []) + \
-               ([f"missing params: {missing}"] if missing else []) + \
-               ([f"mis-shaped: {wrong}"] if wrong else [])
-    if problems:
-        raise ValueError("state_dict does not match the ViT: " + "; ".join(problems))
+    check_key_match("the ViT", unknown, set(expected) - set(converted) - wrong_paths, wrong)
     return _nest(converted)

@@ -181,11 +181,10 @@ def render_video(colour: str, shape: str, direction: str, rng: np.random.Generat
         raise ValueError(f"frames: expected an int >= 2, got {frames!r}")
     if size < 12:
         raise ValueError(f"size: expected an int >= 12, got {size!r}")
-    lo = max(5, (5 * size) // 16)
-    hi = max(lo, (7 * size) // 16)
-    side = int(rng.integers(lo, hi + 1))
     if not 0.0 <= min_travel <= 1.0:
         raise ValueError(f"min_travel: expected a float in [0, 1], got {min_travel!r}")
+    smallest = max(5, (5 * size) // 16)
+    side = int(rng.integers(smallest, max(smallest, (7 * size) // 16) + 1))
     room = size - side
     lo = max(3.0, size / 4.0)
     travel = float(rng.uniform(lo + min_travel * (room - lo), room))

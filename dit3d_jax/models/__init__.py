@@ -50,6 +50,15 @@ def get_model(name: str, **overrides: Any) -> DiT:
     return cls(**kwargs)
 
 
+def check_denoiser(name: str, source: str) -> None:
+    """ValueError naming `source` when the registry name `name` (e.g. "ViT-B/16") is the bare
+    image ViT backbone, which is no denoiser: it trains and samples nothing."""
+    if FAMILIES.get(name.split("-", 1)[0]) is ViT:
+        raise ValueError(f"{source}: {name} is the image ViT backbone alone, not a denoiser; "
+                         f"expected a DiT, DiT3D or ViT3D (a ViT3D of its size starts from a "
+                         f"converted ViT through init_from)")
+
+
 def variant_name(model: DiT) -> str:
     """"DiT-S/2"-style name of a model (with its depth when it differs from the table's)."""
     family = family_of(model)
@@ -95,4 +104,5 @@ def count_params(params: Any) -> int:
 
 
 __all__ = ["DiT", "DiT3D", "ViT", "ViT3D", "MODEL_NAMES", "family_of", "get_model", "init_params",
-           "init_boxed", "param_logical_axes", "count_params", "dummy_inputs", "variant_name"]
+           "check_denoiser", "init_boxed", "param_logical_axes", "count_params", "dummy_inputs",
+           "variant_name"]

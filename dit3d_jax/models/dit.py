@@ -81,23 +81,26 @@ REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _carry_only(block_cls):
-    """block_cls whose call returns (x, None), the (carry, output) pair nn.scan expects."""
-    class ScanStep(block_cls):
-        def __call__(self, x, *args):
-            return super().__call__(x, *args), None
-    return ScanStep
-
-
-def check_patch_and_heads(model) -> None:
-    """ValueError when model.input_size is not a multiple of model.patch_size, or
-    model.hidden_size of model.num_heads (DiT, ViT)."""
+def check_grid_fields(model) -> None:
+    """ValueError naming the field when a transformer's input_size is not a multiple of its
+    patch_size, its hidden_size not a multiple of num_heads, or remat no REMAT_POLICIES key
+    (DiT's and the ViT backbone's checks)."""
     if model.input_size % model.patch_size:
         raise ValueError(f"input_size {model.input_size} is not divisible by patch_size "
                          f"{model.patch_size}")
     if model.hidden_size % model.num_heads:
         raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_heads "
                          f"{model.num_heads}")
+    if model.remat not in REMAT_POLICIES:
+        raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {model.remat!r}")
+
+
+def _carry_only(block_cls):
+    """block_cls whose call returns (x, None), the (carry, output) pair nn.scan expects."""
+    class ScanStep(block_cls):
+        def __call__(self, x, *args):
+            return super().__call__(x, *args), None
+    return ScanStep
 
 
 def stack_blocks(params: dict, depth: int) -> dict:
@@ -158,8 +161,6 @@ class DiT(nn.Module):
     def make_blocks(self):
         """A list of `depth` blocks (params blocks_0 … blocks_{depth-1}), or with scan_blocks one
         scanned block whose params carry a leading depth axis (params "blocks")."""
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
         cls = self.block_class
         if self.remat != "none":
             cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat])
@@ -181,7 +182,7 @@ class DiT(nn.Module):
         return h
 
     def setup(self):
-        check_patch_and_heads(self)
+        check_grid_fields(self)
         self.x_embedder = PatchEmbed(self.hidden_size, self.patch_size, self.dtype)
         self.t_embedder = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
         if self.num_classes > 0:

@@ -14,6 +14,8 @@ is dropped for classifier-free guidance or absent.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,6 +92,12 @@ class DiT3D(DiT):
     temporal_every: int = 1
 
     block_class = DiT3DBlock
+
+    def backbone_model(self) -> DiT:
+        """The image DiT with this model's shared fields (the one a DiT3D is inflated from; its
+        params are what optim.freeze='backbone' freezes)."""
+        return DiT(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DiT)
+                      if f.name not in ("parent", "name")}, parent=None)
 
     def block_kwargs(self, index: int) -> dict:
         return dict(super().block_kwargs(index), temporal=index % self.temporal_every == 0,
@@ -184,15 +192,21 @@ class DiT3D(DiT):
             raise ValueError(f"text_mask: expected shape {tuple(text.shape[:2])}, got "
                              f"{tuple(text_mask.shape)}")
 
-    def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
-                 train: bool = False) -> jax.Array:
-        s, p = self.input_size, self.patch_size
+    def check_video(self, x, t, y, text, text_mask) -> None:
+        """ValueError naming the argument when x (B, F, H, W, C), t, y, text or text_mask do not
+        fit the model (shared with ViT3D)."""
+        s = self.input_size
         if x.ndim == 5 and x.shape[1] != self.num_frames:
             raise ValueError(f"x: expected {self.num_frames} frames (num_frames), got "
                              f"{x.shape[1]} in shape {tuple(x.shape)}")
         self.check_inputs(x, t, y, (self.num_frames, s, s, self.in_channels))
+        self.check_text(text, text_mask, x.shape[0])
+
+    def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
+                 train: bool = False) -> jax.Array:
+        self.check_video(x, t, y, text, text_mask)
+        s = self.input_size
         b, f = x.shape[:2]
-        self.check_text(text, text_mask, b)
 
         h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
         h = (h.astype(jnp.float32) + self.pos_embed()).reshape(b, f, -1, self.hidden_size)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer, check_patch_and_heads, unpatchify
+from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer, check_grid_fields
 from dit3d_jax.models.dit3d import DiT3D, _gate_one_bias
 from dit3d_jax.models.layers import (CrossAttention, Dtype, LabelEmbedder, SelfAttention,
                                      TimestepEmbedder, ada_ln, dense, logical, norm,
@@ -88,9 +88,7 @@ class ViTBackbone:
         if self.in_channels != 3:
             raise ValueError(f"in_channels: the ViT backbone takes RGB frames, expected 3, got "
                              f"{self.in_channels}")
-        check_patch_and_heads(self)
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        check_grid_fields(self)
 
     def setup_backbone(self) -> None:
         d, p = self.hidden_size, self.patch_size
@@ -242,23 +240,14 @@ class ViT3D(ViTBackbone, DiT3D):
                               kernel_init=logical(_identity_conv3d, (None,) * 5),
                               bias_init=logical(zeros, (None,)))
 
-    def head(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        """Patch tokens (B·F, grid², D), c (B·F, D) -> (B·F, H, W, C_out) float32."""
-        out = self.final_layer(x, c).astype(jnp.float32)
-        return unpatchify(out, self.grid_size, self.patch_size, self.out_channels)
-
     def __call__(self, x, t, y=None, text=None, text_mask=None, force_drop=None,
                  train: bool = False) -> jax.Array:
         s = self.input_size
-        if x.ndim == 5 and x.shape[1] != self.num_frames:
-            raise ValueError(f"x: expected {self.num_frames} frames (num_frames), got "
-                             f"{x.shape[1]} in shape {tuple(x.shape)}")
         if x.ndim == 5 and x.shape[-1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} channels (RGB, channels last), got "
                              f"{x.shape[-1]} in shape {tuple(x.shape)}")
-        self.check_inputs(x, t, y, (self.num_frames, s, s, self.in_channels))
+        self.check_video(x, t, y, text, text_mask)
         b, f = x.shape[:2]
-        self.check_text(text, text_mask, b)
 
         c, tokens, mask = self.condition(t, y, text, text_mask, force_drop, train)
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
@@ -270,7 +259,7 @@ class ViT3D(ViTBackbone, DiT3D):
                       temporal_pos).reshape(b * f, -1, self.hidden_size)
         patches = self.encoder_ln(h)[:, 1:]
         self.sow("intermediates", "head_input", patches)  # (B·F, grid², D), read by the tests
-        out = self.head(patches, jnp.repeat(c, f, axis=0))
+        out = self.head(patches, jnp.repeat(c, f, axis=0))  # DiT's: (B·F, H, W, C_out) float32
         out = out.reshape(b, f, s, s, self.out_channels)
         return self.smooth(out)
 

@@ -29,7 +29,8 @@ import numpy as np
 from absl import logging
 
 from dit3d_jax.diffusion.objective import make_objective
-from dit3d_jax.models import count_params, get_model, init_params, variant_name
+from dit3d_jax.models import (check_denoiser, count_params, get_model, init_params,
+                              variant_name)
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
 from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train_state,
@@ -99,6 +100,7 @@ def maybe_initialize_distributed(config) -> None:
 def model_from_config(config) -> DiT:
     """The float32 model a config trains: get_model(model.name, **model.kwargs). (The step casts
     activations to config.compute_dtype; params stay float32.)"""
+    check_denoiser(config.model.name, "model.name")
     return get_model(config.model.name, **config.model.kwargs.to_dict())
 
 

@@ -9,7 +9,7 @@ trainable leaves. `optim.freeze` is
   - "none": train everything;
   - "backbone": freeze every parameter the image DiT of the same configuration has (same path and
     shape), i.e. train only the video layers (temporal attention, cross-attention, text layers);
-    for a ViT3D the image model is its ViT backbone (`ViT3D.backbone_model()`), so the ViT is
+    the image model is `backbone_model()`: for a ViT3D its ViT backbone, so the ViT is
     frozen and the timestep/label/text embedders, video blocks, head and 3-D convolution train;
   - anything else: a regular expression `re.search`-ed against "/"-joined parameter paths such as
     "blocks_3/attn/qkv/kernel"; matching leaves are frozen.
@@ -18,7 +18,6 @@ Weight decay (AdamW's decoupled form) applies to every trainable leaf, as torch.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Callable
 
@@ -30,7 +29,6 @@ import optax
 from dit3d_jax.models import init_boxed
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
-from dit3d_jax.models.vit3d import ViT3D
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 ADAM_EPS = 1e-8
@@ -62,16 +60,6 @@ def _flat_shapes(model: DiT) -> dict[str, tuple]:
     return {path_str(p): tuple(leaf.shape) for p, leaf in leaves}
 
 
-def image_counterpart(model: DiT) -> DiT:
-    """The image DiT with the same shared fields (the backbone a DiT3D was inflated from); for a
-    ViT3D its image ViT."""
-    if isinstance(model, ViT3D):
-        return model.backbone_model()
-    shared = {f.name: getattr(model, f.name) for f in dataclasses.fields(DiT)
-              if f.name not in ("parent", "name")}
-    return DiT(**shared)
-
-
 def freeze_labels(model: DiT, freeze: str) -> Any:
     """Pytree like the params with TRAINABLE / FROZEN strings per leaf (see module doc)."""
     if not isinstance(freeze, str):
@@ -86,7 +74,7 @@ def freeze_labels(model: DiT, freeze: str) -> Any:
         if not isinstance(model, DiT3D):
             raise ValueError("optim.freeze: 'backbone' freezes the image-DiT part of a DiT3D, but "
                              f"the model is an image {type(model).__name__} (nothing would train)")
-        backbone = _flat_shapes(image_counterpart(model))
+        backbone = _flat_shapes(model.backbone_model())
         frozen = [backbone.get(path) == tuple(leaf.shape) for path, (_, leaf) in zip(paths, flat)]
     else:
         try:

@@ -170,6 +170,12 @@ def test_bad_inputs_raise_one_clear_error():
         get_model("DiT-S/3")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['depht'\]"):
         get_model("DiT-S/2", depht=3)
+    for fields, message in [(dict(input_size=9), "input_size 9 is not divisible by patch_size 2"),
+                            (dict(num_heads=5), "hidden_size 384 is not divisible by num_heads 5"),
+                            (dict(remat="some"), "remat: expected one of")]:
+        with pytest.raises(ValueError, match=message):
+            init_params(get_model("DiT-S/2", **{"depth": 1, "input_size": 4, **fields}),
+                        jax.random.key(0))
 
 
 def test_auto_attention_is_cudnn_only_on_a_gpu_in_half_precision():
