@@ -16,7 +16,7 @@ from dit3d_jax.models import FAMILIES
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.utils.cli import one_line
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def model_spec(model: DiT) -> dict:
@@ -32,7 +32,7 @@ def model_from_spec(spec: dict, **overrides: Any) -> DiT:
     """Inverse of `model_spec`; overrides (e.g. dtype, attn_impl) replace stored fields."""
     fields = dict(spec["fields"], **overrides)
     if isinstance(fields.get("dtype"), str):
-        fields["dtype"] = _DTYPES[fields["dtype"]]
+        fields["dtype"] = DTYPES[fields["dtype"]]
     return FAMILIES[spec["family"]](**fields)
 
 

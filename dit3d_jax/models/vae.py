@@ -36,9 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
 def _group_norm(x: jax.Array, groups: int, name: str) -> jax.Array:
     """GroupNorm (eps 1e-6) computed in float32, returned in x's dtype."""
     norm = nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=jnp.float32,
@@ -370,6 +367,7 @@ def load_vae(directory: str, dtype: Any = None) -> tuple[AutoencoderKL, Any]:
     if dtype is not None:
         fields["dtype"] = dtype
     if isinstance(fields["dtype"], str):
-        fields["dtype"] = _DTYPES[fields["dtype"]]
+        from dit3d_jax.models.export import DTYPES  # pylint: disable=import-outside-toplevel
+        fields["dtype"] = DTYPES[fields["dtype"]]
     params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"))
     return AutoencoderKL(**fields), params
