@@ -2,7 +2,9 @@
 
     python train.py --config configs/dit3d_s2.py --workdir runs/dit3d_s2
     python train.py --config configs/tiny.py --workdir /tmp/tiny --config.train.num_steps=20
+    python train.py --config configs/shapes_demo.py:size=gpu --workdir runs/demo_gpu
 
+`configs/NAME.py:arg` picks a named variant of the file (its get_config(arg) lists them);
 `--config.a.b=value` overrides a field of the (locked) config, so a misspelt name is an error.
 Re-running with the same --workdir resumes from its newest checkpoint that restores. Bad input
 (flag, config file, override, data path, init_from, checkpoints) is one `error:` line and exit
@@ -40,19 +42,24 @@ def parse_flags(argv):
 
 
 def _parse(argv):
+    given = None  # the --config value
     for i, arg in enumerate(argv):  # config_flags reports a missing file in a traceback
         value = (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else
                  arg[len("--config="):] if arg.startswith("--config=") else None)
+        given = given if value is None else value
         if value is not None and not os.path.isfile(value.split(":", 1)[0]):
             raise UsageError(f"--config {value!r}: expected a configs/NAME.py file, found no "
                              f"file {value.split(':', 1)[0]!r}")
+    # pylint: disable=import-outside-toplevel
+    from dit3d_jax.train.config import config_error_in, unknown_field_message
     try:
         return FLAGS(argv)
     except flags.Error as err:
+        cause = config_error_in(err)  # a named variant the file does not have
+        if cause is not None:
+            raise UsageError(f"--config {given!r}: {cause}") from err
         raise UsageError(f"{err} (see --helpshort)") from err
     except (KeyError, AttributeError) as err:
-        from dit3d_jax.train.config import (  # pylint: disable=import-outside-toplevel
-            unknown_field_message)
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
         raise UsageError(f"a --config override names no field of the config "
                          f"({' '.join(overrides)}): {unknown_field_message(err)}") from err
@@ -64,7 +71,8 @@ def main(argv):
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # pylint: disable=import-outside-toplevel
     from dit3d_jax.train.checkpoint import WriteError
-    from dit3d_jax.train.loop import ConfigError, train_and_evaluate
+    from dit3d_jax.train.config import ConfigError
+    from dit3d_jax.train.loop import train_and_evaluate
     from dit3d_jax.utils import compile_cache
     compile_cache.enable(FLAGS.compile_cache)
     try:

@@ -35,13 +35,12 @@ latents, labels and text embeddings): a throughput/scaling benchmark that needs 
 Multi-host: launch the same command on every host (SLURM/Open MPI/TPU pods are detected, or set
 --config.distributed=True); --config.mesh.fsdp=N shards params and optimizer state N ways.
 """
-from dit3d_jax.train.config import default_config
+from dit3d_jax.train.config import default_config, parse_variant
 
 
 def get_config(arg: str = ""):
     """arg: "" (train on a latent dataset) or "benchmark" (synthetic data)."""
-    if arg not in ("", "benchmark"):
-        raise ValueError(f"configs/dit3d_s2.py: expected no argument or ':benchmark', got {arg!r}")
+    benchmark = parse_variant(arg, benchmark=False).benchmark
     config = default_config()
     config.model.name = "DiT3D-S/2"
     config.model.kwargs.update(dict(num_frames=16, input_size=32, in_channels=4, text_dim=384,
@@ -49,7 +48,7 @@ def get_config(arg: str = ""):
                                     scan_blocks=True, remat="dots"))
     config.objective.update(dict(name="gaussian", num_timesteps=1000, schedule="linear",
                                  predict="eps"))
-    if arg == "benchmark":
+    if benchmark:
         config.data.update(dict(name="random", global_batch_size=256, text_encoder="",
                                 text_max_length=32))
     else:

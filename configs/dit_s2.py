@@ -19,20 +19,25 @@ that configs/dit3d_s2.py inflates from.
 """
 import ml_collections
 
-from dit3d_jax.train.config import default_config
+from dit3d_jax.train.config import default_config, parse_variant
 
 
 def get_config(arg: str = ""):
     """arg: "" (train on a latent dataset) or "benchmark" (synthetic data)."""
-    if arg not in ("", "benchmark"):
-        raise ValueError(f"configs/dit_s2.py: expected no argument or ':benchmark', got {arg!r}")
+    benchmark = parse_variant(arg, benchmark=False).benchmark
     config = default_config()
     config.model.name = "DiT-S/2"
-    # The image DiT has no video or text fields: replace the defaults' kwargs.
-    config.model.kwargs = ml_collections.ConfigDict(dict(
+    # The image DiT has no video or text fields: the defaults' kwargs without them (the rest
+    # keep their types, so overrides are checked as for every config).
+    video_only = ("num_frames", "text_dim", "temporal_every", "joint_dropout_prob",
+                  "text_dropout_prob")
+    config.model.kwargs = ml_collections.ConfigDict({
+        name: field for name, field in config.model.kwargs.items(preserve_field_references=True)
+        if name not in video_only})
+    config.model.kwargs.update(dict(
         input_size=32, in_channels=4, num_classes=1000, class_dropout_prob=0.1,
         learn_sigma=True, attn_impl="xla", scan_blocks=False, remat="none"))
-    config.data.update(dict(name="random" if arg == "benchmark" else "latents", path="",
+    config.data.update(dict(name="random" if benchmark else "latents", path="",
                             global_batch_size=256, text_encoder="", text_max_length=32))
     config.train.update(dict(num_steps=400_000, log_every=100, checkpoint_every=5_000,
                              keep_checkpoints=3))

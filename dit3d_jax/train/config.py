@@ -1,7 +1,8 @@
-"""The training configuration: every field and its default (configs/*.py start from here), and
-a configs/*.py file loaded in-process with overrides, as train.py's --config flag loads it.
+"""The training configuration: every field and its default (configs/*.py start from here), the
+parser of a config file's named variants, and a configs/*.py file loaded in-process with
+overrides, as train.py's --config flag loads it.
 
-    config = load_config_file("configs/tiny.py", {"train.num_steps": 20})
+    config = load_config_file("configs/shapes_demo.py:size=gpu", {"train.num_steps": 20})
 
 Kept apart from the step so that the models, diffusion and the pure train step import without
 ml_collections (a benchmark on a bare accelerator image needs no extra wheels for them).
@@ -10,14 +11,23 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Mapping, Sequence
+import types
+from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 from ml_collections.config_flags import config_path
 
 from dit3d_jax.train.sharding import DEFAULT_RULES
+
+# The model size fields of model.kwargs: None takes them from a registry name ("DiT3D-S/2").
+SIZE_FIELDS = ("hidden_size", "depth", "num_heads")
+
+
+class ConfigError(ValueError):
+    """The config, or what it points at (data, init_from, the workdir's checkpoints), cannot
+    start a run: the user's to fix. train.py reports it as one `error:` line, exit status 2."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -28,8 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
+    # A registry name FAMILY-SIZE/PATCH ("DiT3D-S/2") leaves the SIZE_FIELDS None (a value would
+    # override its size); FAMILY/PATCH ("DiT3D/4") names no size and sets all three.
     c.model.name = "DiT3D-S/2"
     c.model.kwargs = ml_collections.ConfigDict(dict(
+        **{field: config_dict.placeholder(int) for field in SIZE_FIELDS},
         num_frames=16, input_size=32, in_channels=4, text_dim=384, num_classes=1000,
         learn_sigma=True, temporal_every=1, attn_impl="auto", scan_blocks=False, remat="none",
         # CFG dropout (train only): both conditions together with joint_dropout_prob, else each
@@ -61,16 +74,51 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def parse_variant(arg: str, **spec: Any) -> types.SimpleNamespace:
+    """The named variant a config file's get_config(arg) builds, big_vision style: `arg` is the
+    text after ':' in `--config configs/NAME.py:arg`, comma-separated `key=value` items and bare
+    `flag`s, e.g. "size=gpu" or "benchmark".
+
+    spec: every key the file takes, with its default: a tuple of the allowed values (the first
+    is the default) or False for a flag (given alone it is True; `flag=false` also works).
+        parse_variant("size=gpu", size=("cpu", "gpu"), benchmark=False)
+          -> namespace(size="gpu", benchmark=False)
+    A key the file does not take, or a value it does not allow, is a ConfigError naming what
+    the file takes.
+    """
+    unsupported = [key for key, default in spec.items()
+                   if not (isinstance(default, tuple) or default is False)]
+    if unsupported:
+        raise TypeError(f"parse_variant: spec {unsupported}: expected a tuple of values or False")
+    takes = ", ".join(f"{key}={'|'.join(default)}" if isinstance(default, tuple) else key
+                      for key, default in spec.items())
+    takes = f"any of: {takes}" if takes else "no argument (the file has one variant)"
+    values = {key: default[0] if isinstance(default, tuple) else default
+              for key, default in spec.items()}
+    for item in (part.strip() for part in arg.split(",")):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        allowed = spec.get(key)
+        if isinstance(allowed, tuple) and value in allowed:
+            values[key] = value
+        elif allowed is False and (not equals or value.lower() in ("true", "false")):
+            values[key] = value.lower() != "false"
+        elif item:
+            raise ConfigError(f"variant argument {item!r}: expected {takes}")
+    return types.SimpleNamespace(**values)
+
+
 def load_config_file(path: str, overrides: Mapping[str, Any] | Sequence[str] = ()
                      ) -> ml_collections.ConfigDict:
     """The locked config that `train.py --config=path --config.NAME=VALUE ...` trains, built
     in-process (a notebook, a test) by the same ml_collections config_flags code.
 
-    path: "configs/NAME.py" or "configs/NAME.py:arg" (arg is passed to get_config(arg)).
+    path: "configs/NAME.py" or "configs/NAME.py:arg" (a named variant: arg is passed to
+      get_config(arg), e.g. "configs/shapes_demo.py:size=gpu").
     overrides: {"model.kwargs.depth": 1} (Python values) or ["model.kwargs.depth=1"] (strings,
-      parsed by the field's type as on the command line), applied in order. A name the config
-      does not have, or a value of another type (an int for a float field is fine; a bool for
-      a number is not), is a ValueError naming the override.
+      parsed by the field's type as on the command line), applied in order.
+    Raises ConfigError for an argument the file does not take, an override naming a field the
+    config does not have, or a value of another type (an int for a float field is fine; a bool
+    for a number is not); FileNotFoundError when there is no such file.
     """
     if isinstance(overrides, str):
         raise TypeError(f"load_config_file: overrides: expected a mapping or a list of "
@@ -78,7 +126,13 @@ def load_config_file(path: str, overrides: Mapping[str, Any] | Sequence[str] = (
     file = path.split(":", 1)[0]
     if not os.path.isfile(file):
         raise FileNotFoundError(f"load_config_file: path {path!r}: no file {file!r}")
-    config = _parse_config_flag(config_flags.DEFINE_config_file, None, [f"--config={path}"])
+    try:
+        config = _parse_config_flag(config_flags.DEFINE_config_file, None, [f"--config={path}"])
+    except flags.Error as err:
+        cause = config_error_in(err)
+        if cause is None:
+            raise
+        raise ConfigError(f"config {path!r}: {cause}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise TypeError(f"load_config_file: path {path!r}: get_config() returned "
                         f"{type(config).__name__}, expected an ml_collections.ConfigDict")
@@ -86,25 +140,36 @@ def load_config_file(path: str, overrides: Mapping[str, Any] | Sequence[str] = (
         for name, value in overrides.items():
             field_type = _field_type(config, name)
             if isinstance(value, bool) and field_type in (int, float):
-                raise ValueError(f"config override {name!r}: expected {field_type.__name__}, "
-                                 f"got the bool {value!r}")
+                raise ConfigError(f"config override {name!r}: expected {field_type.__name__}, "
+                                  f"got the bool {value!r}")
             try:
                 config_path.set_value(name, config, value)
             except TypeError as err:
-                raise ValueError(f"config override {name!r}: {err}") from None
+                raise ConfigError(f"config override {name!r}: {err}") from None
         return config
 
     args = []
     for item in overrides:
         name, equals, _ = str(item).partition("=")
         if not equals:
-            raise ValueError(f"config override {item!r}: expected NAME=VALUE")
+            raise ConfigError(f"config override {item!r}: expected NAME=VALUE")
         _field_type(config, name)
         args.append(f"--config.{item}")
     try:
         return _parse_config_flag(config_flags.DEFINE_config_dict, config, args)
     except flags.Error as err:  # names the flag: "flag --config.NAME=VALUE: ..."
-        raise ValueError(f"config override: {err}") from None
+        raise ConfigError(f"config override: {err}") from None
+
+
+def config_error_in(err: Optional[BaseException]) -> Optional[ConfigError]:
+    """The ConfigError (e.g. from parse_variant) that a flag-parsing error wraps, or None.
+    config_flags re-raises what get_config() raised as an error of the same type whose message
+    is a traceback: the first ConfigError raised, the innermost one, is the one to report."""
+    found = None
+    while err is not None:
+        found = err if isinstance(err, ConfigError) else found
+        err = err.__cause__ or err.__context__
+    return found
 
 
 def unknown_field_message(err: KeyError | AttributeError) -> str:
@@ -130,9 +195,9 @@ def _parse_config_flag(define, default, args: list[str]):
 
 
 def _field_type(config: ml_collections.ConfigDict, name: str) -> type:
-    """The type of config field `name` ("a.b.c"); a ValueError naming it when there is none."""
+    """The type of config field `name` ("a.b.c"); a ConfigError naming it when there is none."""
     try:
         return config_path.get_type(name, config)
     except (KeyError, AttributeError) as err:
-        raise ValueError(f"config override {name!r}: the config has no such field: "
-                         f"{unknown_field_message(err)}") from None
+        raise ConfigError(f"config override {name!r}: the config has no such field: "
+                          f"{unknown_field_message(err)}") from None

@@ -35,6 +35,7 @@ from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
 from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train_state,
                                         save_run_spec)
+from dit3d_jax.train.config import SIZE_FIELDS, ConfigError
 from dit3d_jax.train.optim import TRAINABLE, freeze_labels
 from dit3d_jax.train.sharding import make_mesh, shard_batch
 from dit3d_jax.train.state import TrainState, create_train_state
@@ -45,11 +46,6 @@ from dit3d_jax.utils.logging import MetricsWriter, ProgressBar, quiet_library_lo
 DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latents", "latent_folder")
 ENCODE_COMMAND = ("python encode_latents.py --data video_folder --data-path VIDEOS --vae VAE_DIR "
                   "--output LATENTS")
-
-
-class ConfigError(ValueError):
-    """The config, or what it points at (data, init_from, the workdir's checkpoints), cannot
-    start a run: the user's to fix. train.py reports it as one `error:` line, exit status 2."""
 
 
 @contextlib.contextmanager
@@ -98,10 +94,13 @@ def maybe_initialize_distributed(config) -> None:
 
 
 def model_from_config(config) -> DiT:
-    """The float32 model a config trains: get_model(model.name, **model.kwargs). (The step casts
+    """The float32 model a config trains: get_model(model.name, **model.kwargs), the size fields
+    (hidden_size, depth, num_heads) that are None taken from the name. (The step casts
     activations to config.compute_dtype; params stay float32.)"""
     check_denoiser(config.model.name, "model.name")
-    return get_model(config.model.name, **config.model.kwargs.to_dict())
+    kwargs = {name: value for name, value in config.model.kwargs.items()
+              if not (name in SIZE_FIELDS and value is None)}
+    return get_model(config.model.name, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
