@@ -33,6 +33,15 @@ def _cases(d):
         "train_override_unknown": (
             train + ["--workdir", f"{d}/w", "--config.trian.num_steps=2"],
             r'Did you mean "train" instead of "trian"'),
+        "train_variant_override_unknown": (
+            [sys.executable, "train.py", "--config", "configs/shapes_demo.py:size=gpu",
+             "--workdir", f"{d}/w", "--config.model.kwargs.hiden_size=384"],
+            r"override names no field .*hiden_size.*Did you mean \"hidden_size\""),
+        "train_variant_unknown": (
+            [sys.executable, "train.py", "--config=configs/shapes_demo.py:size=tpu",
+             "--workdir", f"{d}/w"],
+            r"--config 'configs/shapes_demo.py:size=tpu': variant argument 'size=tpu': expected "
+            r"any of: size=cpu\|gpu"),
         "train_override_bad_value": (
             train + ["--workdir", f"{d}/w", "--config.train.num_steps=abc"],
             r"--config.train.num_steps=abc: invalid literal for int"),

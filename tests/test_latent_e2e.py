@@ -136,8 +136,7 @@ def test_videos_to_trained_dit3d_to_decoded_mp4(files, latents, init_dir, tmp_pa
 
 def test_latents_of_the_wrong_shape_or_no_path_are_one_error(latents, files):
     config = _config(files, latents, 1)
-    with config.unlocked():
-        config.model.kwargs.num_frames = 2
+    config.model.kwargs.num_frames = 2
     with pytest.raises(ValueError, match=r"expected latents of shape \(2, 8, 8, 4\).*got "
                                          r"\(4, 8, 8, 4\)"):
         make_data_iterator(config, model_from_config(config), process_index=0, process_count=1)

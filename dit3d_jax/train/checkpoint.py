@@ -374,7 +374,7 @@ def save_run_spec(workdir: str, config: ml_collections.ConfigDict, model: DiT) -
         json.dump(model_spec(model), f, indent=2)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with (workdir/config.json), as a ConfigDict."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
@@ -397,7 +397,7 @@ def load_workdir(workdir: str, ema: bool = True, step: Optional[int] = None,
     from dit3d_jax.diffusion.objective import make_objective  # pylint: disable=import-outside-toplevel
     from dit3d_jax.train.sharding import make_mesh  # pylint: disable=import-outside-toplevel
     workdir = os.path.abspath(workdir)
-    config = load_config(workdir)
+    config = read_run_config(workdir)
     spec_path = os.path.join(workdir, MODEL_FILE)
     if os.path.exists(spec_path):
         with open(spec_path, encoding="utf-8") as f:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dit3d_jax.convert import convert_torch_state_dict
-from dit3d_jax.models import MODEL_NAMES, count_params, get_model, init_params
+from dit3d_jax.models import MODEL_NAMES, check_denoiser, count_params, get_model, init_params
 from dit3d_jax.models.dit import SIZES
 from dit3d_jax.models.layers import (gelu_tanh, layer_norm, modulate, norm_modulate,
                                      resolve_attn_impl, sincos_2d, timestep_embedding)
@@ -195,3 +195,18 @@ def test_auto_attention_is_cudnn_only_on_a_gpu_in_half_precision():
     out = {impl: model.clone(attn_impl=impl).apply({"params": params}, x, t, y)
            for impl in ("auto", "xla")}
     np.testing.assert_array_equal(out["auto"], out["xla"])
+
+
+def test_a_name_without_a_size_takes_hidden_depth_and_heads_from_the_fields():
+    fields = dict(hidden_size=64, depth=2, num_heads=4)
+    model = get_model("DiT3D/4", **fields)
+    assert (model.hidden_size, model.depth, model.num_heads, model.patch_size) == (64, 2, 4, 4)
+    assert type(model).__name__ == "DiT3D"
+    assert get_model("DiT/8", **fields).patch_size == 8
+    with pytest.raises(ValueError, match="'DiT3D/4' names no size: .* missing depth, num_heads"):
+        get_model("DiT3D/4", hidden_size=64)
+    with pytest.raises(ValueError, match="unknown model name 'DiT3D/3'.*FAMILY/PATCH"):
+        get_model("DiT3D/3", **fields)
+    with pytest.raises(ValueError, match="model.name: ViT/16 is the image ViT backbone alone"):
+        check_denoiser("ViT/16", "model.name")
+    check_denoiser("ViT3D/16", "model.name")  # a denoiser: no error

@@ -1,15 +1,27 @@
 """load_config_file: a configs/*.py file (with :arg) and its overrides, as train.py's --config
-flag gives them: typed, locked, and a misspelt or mistyped override is an error naming it."""
+flag gives them: typed, locked, and a misspelt or mistyped override is an error naming it. Every
+shipped config and each of its named variants (parse_variant) loads, builds its model and refuses
+an override of a field it lacks the same way."""
 import functools
+import glob
 import os
 import textwrap
 
 import pytest
 
-from dit3d_jax.train.config import default_config, load_config_file
+from dit3d_jax.models import MODEL_NAMES
+from dit3d_jax.train.config import (SIZE_FIELDS, ConfigError, default_config, load_config_file,
+                                    parse_variant)
+from dit3d_jax.train.loop import model_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
+# Every configs/*.py file and the variants its get_config(arg) names ("" = no argument).
+VARIANTS = {"tiny.py": [""], "shapes_demo.py": ["", "size=cpu", "size=gpu"],
+            "vit3d_shapes.py": [""], "vit3d_b16.py": [""], "dit3d_s2.py": ["", "benchmark"],
+            "dit_s2.py": ["", "benchmark"]}
+SHIPPED = [os.path.join(REPO, "configs", name) + (f":{arg}" if arg else "")
+           for name, args in VARIANTS.items() for arg in args]
 
 
 @pytest.fixture
@@ -92,3 +104,91 @@ def test_a_missing_file_or_a_bare_string_of_overrides_is_a_clear_error(tmp_path)
         load_config_file(str(tmp_path / "nope.py"))
     with pytest.raises(TypeError, match="overrides: expected a mapping or a list"):
         load_config_file(TINY, "train.num_steps=2")
+
+
+def test_parse_variant_reads_key_value_items_and_flags():
+    spec = dict(size=("cpu", "gpu"), benchmark=False)
+    assert vars(parse_variant("", **spec)) == {"size": "cpu", "benchmark": False}
+    assert vars(parse_variant("size=gpu", **spec)) == {"size": "gpu", "benchmark": False}
+    assert vars(parse_variant("benchmark, size=gpu", **spec)) == {"size": "gpu", "benchmark": True}
+    assert parse_variant("benchmark=false", **spec).benchmark is False
+    for arg, bad in [("size=tpu", "size=tpu"), ("size", "size"), ("benchmark=maybe", "benchmark="),
+                     ("size=gpu,sise=cpu", "sise=cpu")]:
+        with pytest.raises(ConfigError, match=f"variant argument '{bad}.*expected any of: "
+                                              f"size=cpu\\|gpu, benchmark"):
+            parse_variant(arg, **spec)
+    with pytest.raises(ConfigError, match="'x': expected no argument"):
+        parse_variant("x")
+
+
+def test_every_config_lists_its_variants_here():
+    assert sorted(VARIANTS) == sorted(os.path.basename(p)
+                                      for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+def _fields(config, prefix=""):
+    """{"a.b": value} of every leaf field (FieldReferences kept, so None fields keep a type)."""
+    out = {}
+    for name, value in config.items(preserve_field_references=True):
+        if hasattr(value, "items"):
+            out.update(_fields(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(p))
+def test_every_shipped_variant_loads_with_the_default_fields_and_builds_its_model(path):
+    config = load_config_file(path)
+    assert config.is_locked
+    # No config adds a field: each is one of default_config()'s, of the same type.
+    defaults = _fields(default_config())
+    fields = _fields(config)
+    assert set(fields) <= set(defaults)
+    for name, field in fields.items():
+        assert config_type(field) == config_type(defaults[name]), name
+    # A registry name (with a size) leaves the size fields None; a FAMILY/PATCH name sets them.
+    kwargs = config.model.kwargs
+    sized = config.model.name in MODEL_NAMES
+    assert [kwargs[f] is None for f in SIZE_FIELDS] == [sized] * 3, config.model.name
+    model = model_from_config(config)
+    if not sized:
+        assert [getattr(model, f) for f in SIZE_FIELDS] == [kwargs[f] for f in SIZE_FIELDS]
+
+
+def config_type(field):
+    """The type ml_collections checks an override of `field` against."""
+    return field.get_type() if hasattr(field, "get_type") else type(field)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(p))
+def test_an_override_of_a_missing_field_is_one_config_error_in_every_variant(path):
+    for overrides in ({"model.kwargs.hiden_size": 64}, ["model.kwargs.hiden_size=64"],
+                      {"model.size": 1}, ["trian.num_steps=2"]):
+        name = next(iter(overrides)).split("=")[0]
+        with pytest.raises(ConfigError, match=f"config override '{name}': the config has no "
+                                              f"such field"):
+            load_config_file(path, overrides)
+    with pytest.raises(ConfigError, match="'model.kwargs.depth'.* to type <class 'int'>"):
+        load_config_file(path, {"model.kwargs.depth": "deep"})  # typed though None
+    file = path.split(":")[0]
+    with pytest.raises(ConfigError, match=f"config '{file}:nope=1': variant argument 'nope=1'"):
+        load_config_file(f"{file}:nope=1")
+
+
+def test_shapes_demo_size_gpu_is_the_full_size_recipe():
+    """The variant trains what its docstring's seven flags used to: full-size clips, DiT3D-S/2."""
+    flags = ["data.config=default", "model.kwargs.num_frames=16", "model.kwargs.input_size=32",
+             "model.name=DiT3D-S/2", "model.kwargs.hidden_size=384", "model.kwargs.depth=12",
+             "model.kwargs.num_heads=6", "data.global_batch_size=64", "train.num_steps=20000"]
+    demo = os.path.join(REPO, "configs", "shapes_demo.py")
+    flagged, variant = load_config_file(demo, flags), load_config_file(demo + ":size=gpu")
+    fields = [config.to_dict() for config in (flagged, variant)]
+    for config_fields in fields:  # the flags set the size; the variant takes DiT3D-S/2's
+        for name in SIZE_FIELDS:
+            del config_fields["model"]["kwargs"][name]
+    assert fields[0] == fields[1]
+    a, b = model_from_config(flagged), model_from_config(variant)
+    assert {f: getattr(a, f) for f in a.__dataclass_fields__ if f not in ("parent", "name")} == {
+        f: getattr(b, f) for f in b.__dataclass_fields__ if f not in ("parent", "name")}
+    assert load_config_file(demo + ":size=cpu").to_dict() == load_config_file(demo).to_dict()

@@ -31,12 +31,11 @@ def tiny_config(**optim_overrides) -> ml_collections.ConfigDict:
     """default_config() shrunk to a 1-block DiT3D (temporal + cross-attention) on 2×16×16×4
     clips, float32 compute."""
     c = default_config()
-    with c.unlocked():
-        c.model.name = "DiT3D-S/8"
-        c.model.kwargs = ml_collections.ConfigDict(dict(
-            num_frames=2, input_size=16, in_channels=4, text_dim=16, num_classes=10,
-            learn_sigma=True, temporal_every=1, attn_impl="xla", depth=1, hidden_size=64,
-            num_heads=4))
+    c.model.name = "DiT3D/8"
+    c.model.kwargs = ml_collections.ConfigDict(dict(
+        num_frames=2, input_size=16, in_channels=4, text_dim=16, num_classes=10,
+        learn_sigma=True, temporal_every=1, attn_impl="xla", depth=1, hidden_size=64,
+        num_heads=4))
     c.compute_dtype = "float32"
     c.objective.num_timesteps = 1000
     c.optim.lr = 1e-3
