@@ -1,9 +1,7 @@
 """Learning check: does a trained DiT3D draw what its caption says?
 
     python bench/caption_accuracy.py --config configs/shapes_demo.py --workdir runs/demo
-    python bench/caption_accuracy.py --config configs/shapes_demo.py --workdir runs/acc_big \
-        --config.model.kwargs.hidden_size=384 --config.model.kwargs.depth=12 \
-        --config.model.kwargs.num_heads=6 --config.train.num_steps=20000
+    python bench/caption_accuracy.py --config configs/shapes_demo.py:size=gpu --workdir runs/acc_big
 
 Trains `--config` in `--workdir` (resuming; skipped with --notrain), then samples `--num` videos
 for each held-out caption and for up to `--max_train_captions` training captions, and scores them
