@@ -29,8 +29,8 @@ def get_config(arg: str = ""):
     config.model.name = "DiT-S/2"
     # The image DiT has no video or text fields: the defaults' kwargs without them (the rest
     # keep their types, so overrides are checked as for every config).
-    video_only = ("num_frames", "text_dim", "temporal_every", "joint_dropout_prob",
-                  "text_dropout_prob")
+    video_only = ("num_frames", "text_dim", "temporal_every", "frame_embedding",
+                  "joint_dropout_prob", "text_dropout_prob")
     config.model.kwargs = ml_collections.ConfigDict({
         name: field for name, field in config.model.kwargs.items(preserve_field_references=True)
         if name not in video_only})

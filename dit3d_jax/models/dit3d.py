@@ -6,6 +6,9 @@ Each DiT block keeps its spatial self-attention over the tokens of one frame and
  - a cross-attention from all tokens of the clip to the projected text tokens.
 Both new output projections start at zero, so a DiT3D whose video layers are freshly initialised
 equals the image DiT applied frame by frame (`dit3d_jax.convert.inflate` puts DiT weights in).
+With `frame_embedding=True` a learned, zero-initialised `frame_embed` (F, D) is also added to the
+residual stream after the patch embedding (as DiT adds its spatial positions), so every layer, not
+only the temporal attention, knows which frame a token is in; at zero it changes nothing.
 
 Text: token embeddings (B, L, text_dim) + mask, projected to the hidden size once (`text_proj`);
 their masked mean also enters the conditioning vector through `text_pool` (zero-initialised). A
@@ -83,13 +86,14 @@ class DiT3D(DiT):
     label-only or text-only conditioning on (1 − p_j)·p_t·(1 − p_c) resp. (1 − p_j)·p_c·(1 − p_t)
     (8.1% each). A model with one kind of condition drops it with its own probability alone.
     `temporal_every` = k puts temporal attention in blocks 0, k, 2k, …; text_dim = 0 builds no
-    text layers.
+    text layers; `frame_embedding` adds the learned (F, D) frame positions (module docstring).
     """
     num_frames: int = 16
     text_dim: int = 768
     text_dropout_prob: float = 0.1
     joint_dropout_prob: float = 0.1
     temporal_every: int = 1
+    frame_embedding: bool = False
 
     block_class = DiT3DBlock
 
@@ -108,6 +112,9 @@ class DiT3D(DiT):
             raise ValueError(f"temporal_every must be >= 1, got {self.temporal_every}")
         super().setup()
         self.setup_text()
+        if self.frame_embedding:
+            self.frame_embed = self.param("frame_embed", logical(zeros, (None, "embed")),
+                                          (self.num_frames, self.hidden_size), jnp.float32)
 
     def setup_text(self):
         """Checks the drop rates; the text layers (null text, projection, pooling) when text_dim
@@ -210,6 +217,8 @@ class DiT3D(DiT):
 
         h = self.x_embedder(x.reshape(b * f, s, s, self.in_channels))
         h = (h.astype(jnp.float32) + self.pos_embed()).reshape(b, f, -1, self.hidden_size)
+        if self.frame_embedding:
+            h = h + self.frame_embed[None, :, None]
         c, tokens, mask = self.condition(t, y, text, text_mask, force_drop, train)
         temporal_pos = jnp.asarray(sincos_1d(self.hidden_size, range(f)), jnp.float32)
         h = self.run_blocks(h, c, tokens, mask, temporal_pos)

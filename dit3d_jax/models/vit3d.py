@@ -225,6 +225,9 @@ class ViT3D(ViTBackbone, DiT3D):
                    attn_impl=self.attn_impl, remat=self.remat, parent=None)
 
     def setup(self):
+        if self.frame_embedding:
+            raise ValueError("frame_embedding: expected False for ViT3D (its frames enter the "
+                             "pretrained ViT unchanged), got True")
         d = self.hidden_size
         self.setup_backbone()
         self.video_block = [VideoBlock(d, self.num_heads, self.dtype, self.attn_impl,

@@ -44,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.kwargs = ml_collections.ConfigDict(dict(
         **{field: config_dict.placeholder(int) for field in SIZE_FIELDS},
         num_frames=16, input_size=32, in_channels=4, text_dim=384, num_classes=1000,
-        learn_sigma=True, temporal_every=1, attn_impl="auto", scan_blocks=False, remat="none",
+        learn_sigma=True, temporal_every=1, frame_embedding=False, attn_impl="auto",
+        scan_blocks=False, remat="none",
         # CFG dropout (train only): both conditions together with joint_dropout_prob, else each
         # with its own; the unconditional input gets 0.1 + 0.9·0.1·0.1 = 10.9% of the rows.
         joint_dropout_prob=0.1, class_dropout_prob=0.1, text_dropout_prob=0.1))

@@ -243,3 +243,30 @@ def test_bf16_residual_stream_stays_float32():
     (out,) = inter["blocks_0"]["__call__"]
     assert out.dtype == jnp.float32
     assert inter["blocks_0"]["attn"]["__call__"][0].dtype == jnp.bfloat16  # branches in bf16
+
+
+def test_frame_embedding_starts_at_zero_then_tells_frames_apart(models):
+    image, video, image_params, video_params = models
+    framed = get_model("DiT3D-S/4", num_frames=F, text_dim=TEXT_DIM, frame_embedding=True, **SMALL)
+    params = inflate(image_params, init_params(framed, jax.random.key(2)))
+    assert params["frame_embed"].shape == (F, 384) and not np.any(params["frame_embed"])
+    x, t, y, text, mask = _inputs(0)
+    x = jnp.broadcast_to(x[:, :1], x.shape)  # every frame the same
+    kw = dict(text=text, text_mask=mask)
+    out = np.asarray(framed.apply({"params": params}, x, t, y, **kw))
+    # At zero: the model without the embedding, whose frames (all equal) give equal outputs.
+    np.testing.assert_allclose(out, video.apply({"params": video_params}, x, t, y, **kw),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out[:, 1:], np.broadcast_to(out[:, :1], out[:, 1:].shape),
+                               rtol=0, atol=1e-5)
+    # Non-zero: equal frames in, frame-dependent outputs out (no temporal layer needed for it).
+    embed = 0.5 * jax.random.normal(jax.random.key(4), params["frame_embed"].shape)
+    moved = np.asarray(framed.apply({"params": {**params, "frame_embed": embed}}, x, t, y, **kw))
+    assert np.min(np.abs(moved[:, 1:] - moved[:, :1]).max(axis=(2, 3, 4))) > 1e-3
+
+
+def test_vit3d_refuses_frame_embedding():
+    model = get_model("ViT3D-Ti/4", input_size=8, num_frames=2, text_dim=0, num_classes=0,
+                      depth=1, frame_embedding=True)
+    with pytest.raises(ValueError, match="frame_embedding: expected False for ViT3D"):
+        init_params(model, jax.random.key(0))
