@@ -44,10 +44,6 @@ class Term:
     input_grad: bool = True
 
 
-def _is_video(model) -> bool:
-    return hasattr(model, "num_frames") and hasattr(model, "temporal_every")
-
-
 def forward_terms(model, batch: int, text_len: int = DEFAULT_TEXT_LEN) -> list[Term]:
     """The forward pass of a DiT / DiT3D on `batch` samples (clips), term by term.
 
@@ -63,9 +59,10 @@ def forward_terms(model, batch: int, text_len: int = DEFAULT_TEXT_LEN) -> list[T
     M = int(D * model.mlp_ratio)
     N = (model.input_size // p) ** 2                      # tokens per frame
     C_out = model.in_channels * (2 if model.learn_sigma else 1)
-    video = _is_video(model)
-    F = model.num_frames if video else 1
-    text = video and model.text_dim > 0
+    spec = model.input_spec
+    video = spec.video
+    F = spec.shape[0] if video else 1
+    text = spec.text_dim > 0
     L = text_len
     rows = B * F                                          # images the spatial layers see
     mm = lambda m, k, n: 2 * m * k * n                    # (m×k)·(k×n)
@@ -74,7 +71,7 @@ def forward_terms(model, batch: int, text_len: int = DEFAULT_TEXT_LEN) -> list[T
              Term("t_embedder.mlp_0", mm(B, 256, D), input_grad=False),
              Term("t_embedder.mlp_2", mm(B, D, D))]
     if text:
-        T = model.text_dim
+        T = spec.text_dim
         # The captions are data, but training swaps in the learned null caption (a parameter)
         # for dropped rows, so these layers pass gradients back to their inputs too.
         terms += [Term("text_proj_fc1", mm(B * L, T, D), new=True),
@@ -258,8 +255,6 @@ def saved_activation_bytes(model, params, batch: int, text_len: int = DEFAULT_TE
     jaxpr's residuals, before XLA's fusion may recompute cheap elementwise ones; the remat policy
     and the compute dtype of `model` decide it. Traced only (jax.eval_shape), nothing runs."""
     import jax
-    import jax.numpy as jnp
-    from dit3d_jax.models import dummy_inputs
     from dit3d_jax.train.optim import FROZEN, freeze_labels
 
     labels = freeze_labels(model, freeze)
@@ -272,9 +267,7 @@ def saved_activation_bytes(model, params, batch: int, text_len: int = DEFAULT_TE
         return jax.tree_util.tree_leaves(jax.vjp(forward, p, x)[1])
 
     def total(b: int) -> int:
-        cond = dummy_inputs(model, b)
-        if "text" in cond:
-            cond["text"] = jnp.zeros((b, text_len, model.text_dim), jnp.float32)
+        cond = model.input_spec.zeros(b, text_len)
         x = cond.pop("x")
         leaves = jax.eval_shape(residuals, params, x, cond)
         return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)

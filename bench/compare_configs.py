@@ -41,11 +41,11 @@ def prepare(path: str, freeze: str) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.models import count_params
+    from dit3d_jax.models import count_params, param_shapes
     from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
     from dit3d_jax.train.config import load_config_file
     from dit3d_jax.train.loop import model_from_config
-    from dit3d_jax.train.optim import TRAINABLE, freeze_labels, param_shapes
+    from dit3d_jax.train.optim import TRAINABLE, freeze_labels
 
     config = load_config_file(path, {"optim.freeze": freeze})
     model = model_from_config(config)

@@ -74,15 +74,15 @@ def jax_worker(case: dict) -> dict:
 
     model = build_model(case)
     params = init_params(model, jax.random.key(0))
-    b, s, c = case["batch"], model.input_size, model.in_channels
-    shape = (b, case["frames"], s, s, c) if case["frames"] else (b, s, s, c)
+    b = case["batch"]
+    spec = model.input_spec
     rng = np.random.default_rng(0)
-    if case["frames"]:
+    if spec.text_dim:
         L = case["text_len"]
-        cond = {"text": jnp.asarray(rng.standard_normal((b, L, TEXT_DIM)), jnp.float32),
+        cond = {"text": jnp.asarray(rng.standard_normal((b, L, spec.text_dim)), jnp.float32),
                 "text_mask": jnp.asarray(np.arange(L)[None] < rng.integers(1, L + 1, (b, 1)))}
     else:
-        cond = {"y": jnp.asarray(rng.integers(0, model.num_classes, b), jnp.int32)}
+        cond = {"y": jnp.asarray(rng.integers(0, spec.num_classes, b), jnp.int32)}
 
     def apply_fn(p, x, t, **kw):
         return model.apply({"params": p}, x, t, **kw)
@@ -90,8 +90,9 @@ def jax_worker(case: dict) -> dict:
     objective, _ = respaced(case["steps"])
 
     def call():
-        return sample(apply_fn, params, shape, cond, jax.random.key(1), objective=objective,
-                      sampler="ddpm", steps=case["steps"], cfg_scale=CFG_SCALE, progress=False)
+        return sample(apply_fn, params, spec.batch_shape(b), cond, jax.random.key(1),
+                      objective=objective, sampler="ddpm", steps=case["steps"],
+                      cfg_scale=CFG_SCALE, progress=False)
 
     t0 = time.perf_counter()
     jax.block_until_ready(call())  # traces and compiles the loop; later calls reuse it
@@ -118,9 +119,10 @@ def torch_worker(case: dict) -> dict:
     model = torch_model_like(jax_model).to(device).eval()
     forward = torch.compile(model) if mode.endswith("+compile") else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
-    video = bool(case["frames"])
-    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
-    shape = (b, case["frames"], c, s, s) if video else (b, c, s, s)
+    video = jax_model.input_spec.video
+    b, L = case["batch"], case["text_len"]
+    *front, h, w, c = jax_model.input_spec.batch_shape(b)
+    shape = (*front, c, h, w)  # channels first
 
     # The respaced chain's numbers (float64 NumPy); the loop below does the math in torch.
     objective, spec = respaced(case["steps"])

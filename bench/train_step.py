@@ -64,16 +64,15 @@ def host_batch(model, batch: int, text_len: int, seed: int = 0) -> dict:
     length ≥ 1)."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    s, c = model.input_size, model.in_channels
-    out = {"label": rng.integers(0, model.num_classes, batch).astype(np.int32)}
-    if hasattr(model, "num_frames"):
-        shape = (batch, model.num_frames, s, s, c)
-        out["video"] = rng.uniform(-1, 1, shape).astype(np.float32)
-        out["text_emb"] = rng.standard_normal((batch, text_len, model.text_dim)).astype(np.float32)
+    spec = model.input_spec
+    out = {"label": rng.integers(0, spec.num_classes, batch).astype(np.int32)}
+    if spec.video:
+        out["video"] = rng.uniform(-1, 1, spec.batch_shape(batch)).astype(np.float32)
+        out["text_emb"] = rng.standard_normal((batch, text_len, spec.text_dim)).astype(np.float32)
         lengths = rng.integers(1, text_len + 1, batch)
         out["text_mask"] = np.arange(text_len)[None] < lengths[:, None]
     else:
-        out["image"] = rng.uniform(-1, 1, (batch, s, s, c)).astype(np.float32)
+        out["image"] = rng.uniform(-1, 1, spec.batch_shape(batch)).astype(np.float32)
     return out
 
 
@@ -156,7 +155,7 @@ def torch_worker(case: dict) -> dict:
     cuda = device.type == "cuda"
     jax_model = build_model(case)
     model = torch_model_like(jax_model).to(device)
-    video = hasattr(jax_model, "num_frames")
+    video = jax_model.input_spec.video
     if case["freeze"] == "backbone":
         for p in model.backbone_parameters():
             p.requires_grad_(False)
@@ -167,9 +166,9 @@ def torch_worker(case: dict) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=mode.startswith("bf16"))
 
-    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
-    shape = (b, jax_model.num_frames, c, s, s) if video else (b, c, s, s)
-    x0 = torch.rand(shape, device=device) * 2 - 1
+    b, L = case["batch"], case["text_len"]
+    *front, h, w, c = jax_model.input_spec.batch_shape(b)
+    x0 = torch.rand((*front, c, h, w), device=device) * 2 - 1  # channels first
     y = torch.randint(0, jax_model.num_classes, (b,), device=device)
     text = torch.randn(b, L, TEXT_DIM, device=device) if video else None
     mask = (torch.arange(L, device=device)[None] < torch.randint(1, L + 1, (b, 1),

@@ -32,7 +32,6 @@ from dit3d_jax.diffusion.objective import make_objective
 from dit3d_jax.models import (check_denoiser, count_params, get_model, init_params,
                               variant_name)
 from dit3d_jax.models.dit import DiT
-from dit3d_jax.models.dit3d import DiT3D
 from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train_state,
                                         save_run_spec)
 from dit3d_jax.train.config import SIZE_FIELDS, ConfigError
@@ -107,14 +106,6 @@ def model_from_config(config) -> DiT:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-def example_shape(model: DiT) -> tuple[str, tuple[int, ...]]:
-    """("video", (F, H, W, C)) for a DiT3D, ("image", (H, W, C)) for an image DiT."""
-    s, c = model.input_size, model.in_channels
-    if isinstance(model, DiT3D):
-        return "video", (model.num_frames, s, s, c)
-    return "image", (s, s, c)
-
-
 class RandomSource:
     """Deterministic synthetic host batches (data.name = "random"), the "Host batches" API.
 
@@ -175,11 +166,11 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
     data = config.data
     if data.name not in DATA_SOURCES:
         raise ValueError(f"data.name: expected one of {DATA_SOURCES}, got {data.name!r}")
-    key, shape = example_shape(model)
-    text_dim = getattr(model, "text_dim", 0)
+    spec = model.input_spec
+    key, shape, text_dim = spec.key, spec.shape, spec.text_dim
     if data.name == "random":
         return RandomSource(key=key, shape=shape, global_batch_size=data.global_batch_size,
-                            seed=data.seed, num_classes=model.num_classes,
+                            seed=data.seed, num_classes=spec.num_classes,
                             text_shape=(data.text_max_length, text_dim) if text_dim else None,
                             process_index=process_index, process_count=process_count)
 
@@ -187,7 +178,7 @@ def make_data_iterator(config, model: DiT, *, process_index: int, process_count:
         raise ConfigError(f"data.path {data.path!r}: expected the directory that data.name="
                           f"{data.name!r} reads, found no directory there")
     from dit3d_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-    if data.name != "latents" and not isinstance(model, DiT3D):
+    if data.name != "latents" and not spec.video:
         raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
                          f"{config.model.name!r} is an image DiT; use data.name='latents' or "
                          f"'random'")
@@ -244,11 +235,9 @@ def latent_source(path: str, key: str, shape: tuple[int, ...]):
 
 def check_batch(batch: dict, model: DiT, config) -> None:
     """Raises ConfigError when a host batch does not fit the model (first batch only)."""
-    key, shape = example_shape(model)
-    if "latent_mean" in batch:
-        key = "latent_mean"
-    local = config.data.global_batch_size // jax.process_count()
-    want = (local, *shape)
+    spec = model.input_spec
+    key = "latent_mean" if "latent_mean" in batch else spec.key
+    want = spec.batch_shape(config.data.global_batch_size // jax.process_count())
     got = getattr(batch.get(key), "shape", None)
     if got != want:
         raise ConfigError(f"data: expected batch[{key!r}] of shape {want} for "
