@@ -22,8 +22,9 @@ The iterator is grain's: `next(it)`, `it.get_state()` (a small dict) and `it.set
 resume at the same example.
 
 Sources: a tfds builder (its `as_data_source(split)`), or any object with __len__ and
-__getitem__ returning {"video", "caption", "label"} (e.g. `dit3d_jax.data.latents.LatentFolderSource`)
-or {"latent_mean", "latent_logvar", "caption", "label"} (`dit3d_jax.data.latents.LatentSource`).
+__getitem__ returning {"video", "caption", "label"} (e.g. `LatentFolderSource`) or
+{"latent_mean", "latent_logvar", "caption", "label"} (`LatentSource`; both in
+`dit3d_jax.data.latents`).
 """
 
 from __future__ import annotations
