@@ -3,8 +3,9 @@ builders (moving shapes, a local video folder, latent datasets written by encode
 folder sources (images, pre-sampled latents; caption_files.py reads their captions), the grain
 pipeline, config.data -> iterator (sources.py), a detector.
 
-Never imports the DiT: sources read a model through its `input_spec` only. Names load lazily,
-so `random` batches and the train step need no data wheels (grain, tfds). Typical use:
+Sources read a model only through its `input_spec`; of dit3d_jax.models they load the text
+encoder alone (models/text.py), when config.data names one. Names load lazily, so `random`
+batches and the train loop need no data wheels (grain, tfds). Typical use:
 
     builder = get_builder("moving_shapes", config="default", data_dir=None)   # builds once
     it = make_iterator(builder, split="train", global_batch_size=64, seed=0,
