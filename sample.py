@@ -90,7 +90,7 @@ def conditions(args, model, config):
         from dit3d_jax.data.shapes import captions as dataset_captions
         prompts += list(dataset_captions("heldout", config.data.config))
     labels = [int(v) for item in args.label for v in str(item).split(",") if v.strip()]
-    if prompts and getattr(model, "text_dim", 0) == 0:
+    if prompts and model.input_spec.text_dim == 0:
         raise UsageError("--prompt: this model has no text conditioning (text_dim=0)")
     for label in labels:
         if not 0 <= label < model.num_classes:

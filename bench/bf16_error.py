@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import harness  # noqa: E402
+from memory import saved_activation_bytes  # noqa: E402
 
 from dit3d_jax.models import get_model, init_params  # noqa: E402
 
@@ -57,7 +58,7 @@ def saved_per_clip(remat: str) -> int:
     model = get_model("DiT3D-S/2", num_frames=16, input_size=32, text_dim=384,
                       dtype=jnp.bfloat16, scan_blocks=remat != "none", remat=remat)
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    return common.saved_activation_bytes(model, params, 1, text_len=32)
+    return saved_activation_bytes(model, params, 1, text_len=32)
 
 
 def main() -> int:
@@ -67,16 +68,16 @@ def main() -> int:
     args = parser.parse_args()
     rows = [forward_error(d) for d in args.depths]
     memory = {remat: saved_per_clip(remat) for remat in ("none", "dots")}
-    common.print_table(
+    harness.print_table(
         ["case", "‖bf16 − f32‖ / ‖f32‖", "max err / max |f32|"],
         [[f"DiT3D width 384, depth {r['depth']}", f"{r['rel_l2']:.2e}", f"{r['rel_max']:.2e}"]
          for r in rows]
-        + [[f"saved for backward per clip, remat {k}", common.gib(v), ""]
+        + [[f"saved for backward per clip, remat {k}", harness.gib(v), ""]
            for k, v in memory.items()], title="bf16 forward against float32")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(dict(machine=common.machine(), errors=rows, saved_per_clip=memory), f,
+            json.dump(dict(machine=harness.machine(), errors=rows, saved_per_clip=memory), f,
                       indent=2)
     return 0
 

@@ -4,7 +4,7 @@
         --freeze none backbone --steps 5 --rounds 3
 
 For each config × freeze mode: parameters, trainable parameters, matmul FLOPs of one forward per
-clip (counted in the traced program, `common.jaxpr_matmul_flops`), and the steady steps/s of the
+clip (counted in the traced program, `flops.jaxpr_matmul_flops`), and the steady steps/s of the
 config's own jitted train step (`make_train_step`, the config's batch size, random clips and
 captions), each step synchronised. The cases are timed in interleaved rounds (A, B, A, B, …) and
 the median round is reported, so a machine whose load drifts slows every case alike.
@@ -18,7 +18,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import flops  # noqa: E402
+import harness  # noqa: E402
 
 
 def random_batch(model, batch: int, text_len: int) -> dict:
@@ -41,11 +42,11 @@ def prepare(path: str, freeze: str) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from dit3d_jax.diffusion.objective import make_objective
-    from dit3d_jax.models import count_params
+    from dit3d_jax.models import count_params, param_shapes
     from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
     from dit3d_jax.train.config import load_config_file
     from dit3d_jax.train.loop import model_from_config
-    from dit3d_jax.train.optim import TRAINABLE, freeze_labels, param_shapes
+    from dit3d_jax.train.optim import TRAINABLE, freeze_labels
 
     config = load_config_file(path, {"optim.freeze": freeze})
     model = model_from_config(config)
@@ -56,7 +57,7 @@ def prepare(path: str, freeze: str) -> dict:
     text_len = config.data.text_max_length
     one = random_batch(model, 1, text_len)
     cond = dict(text=one.get("text_emb"), text_mask=one.get("text_mask"))
-    forward = common.jaxpr_matmul_flops(
+    forward = flops.jaxpr_matmul_flops(
         lambda p, x, t: model.apply({"params": p}, x, t, **cond), shapes, one["video"],
         jnp.zeros((1,)))
     objective = make_objective(config.objective, model.learn_sigma)
@@ -94,11 +95,11 @@ def main(argv=None) -> int:
              f"{c['compile_s']:.0f}", str(c["batch_size"]),
              f"{statistics.median(c['rates']):.2f} ({min(c['rates']):.2f}–{max(c['rates']):.2f})"]
             for c in cases]
-    info = common.machine()
+    info = harness.machine()
     title = (f"{info['cpu_model']} ({info['cpu_cores']} cores), {jax.default_backend()}, jax "
              f"{info['jax']}, flax {info['flax']}: {args.rounds} interleaved rounds of "
              f"{args.steps} steps")
-    common.print_table(["case", "params", "trainable", "fwd GFLOP/clip", "first step s",
+    harness.print_table(["case", "params", "trainable", "fwd GFLOP/clip", "first step s",
                         "batch", "steps/s median (min–max)"], rows, title=title)
     return 0
 

@@ -24,7 +24,7 @@ import sys
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
-import common  # noqa: E402
+import harness  # noqa: E402
 
 TRAIN_CASES = [dict(model="DiT-S/2", depth=2, batch=4, frames=0, size=16, freeze="none"),
                dict(model="DiT3D-S/2", depth=2, batch=2, frames=4, size=16, freeze="none"),
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-variant", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.run_variant:
-        common.emit_result(run_variant(args.run_variant, args.rounds))
+        harness.emit_result(run_variant(args.run_variant, args.rounds))
         return 0
 
     report, rows = [], []
@@ -90,16 +90,16 @@ def main(argv=None) -> int:
         flags, _, dtype = rest.partition("@")
         dtype = dtype or "float32"
         print(f"== variant {name}: XLA_FLAGS={flags!r}, {dtype}", flush=True)
-        env = dict(os.environ, XLA_FLAGS=flags, **common.TORCH_CPU_ENV,
-                   PYTHONPATH=common.worker_pythonpath())
+        env = dict(os.environ, XLA_FLAGS=flags, **harness.TORCH_CPU_ENV,
+                   PYTHONPATH=harness.worker_pythonpath())
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--variant", spec,
                                "--rounds", str(args.rounds), "--run-variant", dtype],
                               env=env, stdout=subprocess.PIPE, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith(common.RESULT_MARK)]
+        lines = [l for l in proc.stdout.splitlines() if l.startswith(harness.RESULT_MARK)]
         if not lines:
             rows.append([name, "error", f"exit {proc.returncode}", "", "", "", ""])
             continue
-        for label, times in json.loads(lines[-1][len(common.RESULT_MARK):]).items():
+        for label, times in json.loads(lines[-1][len(harness.RESULT_MARK):]).items():
             if label in ("compile_cache",):
                 continue
             best = [min(ts) for ts in zip(*(times[m] for m in TORCH_MODES))]
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                          " ".join(f"{1e3 * t:.0f}" for t in times["jax"]),
                          " ".join(f"{1e3 * t:.0f}" for t in best),
                          " ".join(f"{r:.2f}" for r in ratios), f"{med:.2f}×"])
-    table = common.print_table(
+    table = harness.print_table(
         ["variant", "dtype", "case", "JAX ms per round", "best PyTorch ms per round",
          "PyTorch best ÷ JAX per round", "median"], rows,
         title=f"CPU levers, paired in-process against PyTorch's best of fp32 / bf16 autocast, "
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"machine": common.machine(), "report": report, "table": table}, f,
+            json.dump({"machine": harness.machine(), "report": report, "table": table}, f,
                       indent=2)
     return 0
 

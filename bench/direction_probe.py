@@ -122,7 +122,7 @@ def conditioning(model, labels: Sequence[int], encoder=None) -> dict[str, Any]:
     cond = {}
     if model.num_classes > 0:
         cond["y"] = jnp.asarray(labels, jnp.int32)
-    if getattr(model, "text_dim", 0) > 0:
+    if model.input_spec.text_dim > 0:
         emb, mask = encoder.encode([shapes.caption_of(*shapes.combo_of(l)) for l in labels])
         cond["text"], cond["text_mask"] = jnp.asarray(emb), jnp.asarray(mask)
     if not cond:
@@ -192,7 +192,7 @@ def main(argv: Sequence[str]) -> int:
                          f"{config.data.name!r}")
     exs = [shapes.example("train", i, config.data.config) for i in range(a.num)]
     clips = np.stack([e["video"] for e in exs]).astype(np.float32) / 127.5 - 1.0
-    encoder = text_encoder_for(config) if getattr(model, "text_dim", 0) > 0 else None
+    encoder = text_encoder_for(config) if model.input_spec.text_dim > 0 else None
     result = probe(model, params, make_objective(config.objective, model.learn_sigma), clips,
                    [e["label"] for e in exs], ts, encoder, a.seed)
     result.update(workdir=os.path.abspath(a.workdir), step=a.step, num_clips=a.num,

@@ -38,8 +38,8 @@ from typing import Callable, Optional
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from common import (RESULT_MARK, compile_note, fmt, gib, print_table,  # noqa: E402
-                    worker_pythonpath)
+from harness import (RESULT_MARK, compile_note, fmt, gib, print_table,  # noqa: E402
+                     worker_pythonpath)
 
 # What the parts import: checked (not imported) before anything runs.
 NEEDED = ["jax", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl", "einops",

@@ -4,29 +4,31 @@
     .venv/bin/python bench/sample.py --json runs/bench/sample.json                  # GPU suite
 
 JAX: the ancestral DDPM sampler of `dit3d_jax.diffusion` over a respaced chain (250 steps by
-default), CFG scale 4 on 2B rows per step (one model call). Two figures:
-  - `sample()` s: the first call, as a user's first call runs (tracing and compiling the loop,
-    then running it); compile s = that minus the steady state;
-  - the steady state: the median of --repeats further calls of `sample()` after --warmup (it
-    keeps its compiled loop, so these only run it).
+default), CFG scale 4 on 2B rows per step (one model call). `sample()` compiles its loop once per
+model function, objective, shape and settings and keeps it (dit3d_jax.diffusion.samplers), so:
+  - "sample() s" is the first call, as a user's first call runs: tracing, compiling, running;
+  - "total s" is the steady state: the median of --repeats further calls after --warmup, which
+    reuse the compiled loop and only run it;
+  - "compile s" is the difference of the two.
 PyTorch: the same model (`bench/torch_models.py`), a Python loop over the same respaced chain:
 one forward on [cond; uncond] rows, guided ε, learned-range variance, ancestral noise; under
 inference_mode in fp32 and bf16 autocast (tf32 too on CUDA; + torch.compile with --compile).
-Model FLOPs per step = forward on 2B rows (bench/common.py). Each measurement runs in its own
+Model FLOPs per step = forward on 2B rows (bench/flops.py). Each measurement runs in its own
 subprocess.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import flops  # noqa: E402
+import harness  # noqa: E402
+import memory  # noqa: E402
+from harness import TEXT_DIM, build_model, peak_worker  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
-TEXT_DIM = 384
 CFG_SCALE = 4.0
 
 SUITE = [dict(model="DiT-XL/2", batch=8, frames=0, size=32, steps=250),
@@ -35,25 +37,9 @@ SMALL_SUITE = [dict(model="DiT-S/2", batch=2, frames=0, size=32, steps=10),
                dict(model="DiT3D-S/2", depth=2, batch=2, frames=4, size=16, steps=10)]
 
 
-def build_model(case: dict):
-    """The dit3d_jax module of a case, computing in the case's dtype."""
-    import jax.numpy as jnp
-    from dit3d_jax.models import get_model
-    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"],
-                  dtype=jnp.dtype(case["dtype"]))
-    if case.get("depth"):
-        kwargs["depth"] = case["depth"]
-    if case["frames"]:
-        kwargs.update(num_frames=case["frames"], text_dim=TEXT_DIM)
-    return get_model(case["model"], **kwargs)
-
-
 def case_label(case: dict) -> str:
-    from dit3d_jax.models import variant_name
-    shape = (f"{case['frames']}×" if case["frames"] else "") + f"{case['size']}²×4"
     cond = f"text L={case['text_len']}" if case["frames"] else "class"
-    return (f"{variant_name(build_model(case))} {shape} b{case['batch']} (+{case['batch']} "
-            f"uncond), {case['steps']} steps, {cond}")
+    return harness.case_label(case, f" (+{case['batch']} uncond), {case['steps']} steps, {cond}")
 
 
 def respaced(steps: int):
@@ -72,17 +58,17 @@ def jax_worker(case: dict) -> dict:
     from dit3d_jax.diffusion import sample
     from dit3d_jax.models import init_params
 
-    model = build_model(case)
+    model = build_model(case, case["dtype"])
     params = init_params(model, jax.random.key(0))
-    b, s, c = case["batch"], model.input_size, model.in_channels
-    shape = (b, case["frames"], s, s, c) if case["frames"] else (b, s, s, c)
+    b = case["batch"]
+    spec = model.input_spec
     rng = np.random.default_rng(0)
-    if case["frames"]:
+    if spec.text_dim:
         L = case["text_len"]
-        cond = {"text": jnp.asarray(rng.standard_normal((b, L, TEXT_DIM)), jnp.float32),
+        cond = {"text": jnp.asarray(rng.standard_normal((b, L, spec.text_dim)), jnp.float32),
                 "text_mask": jnp.asarray(np.arange(L)[None] < rng.integers(1, L + 1, (b, 1)))}
     else:
-        cond = {"y": jnp.asarray(rng.integers(0, model.num_classes, b), jnp.int32)}
+        cond = {"y": jnp.asarray(rng.integers(0, spec.num_classes, b), jnp.int32)}
 
     def apply_fn(p, x, t, **kw):
         return model.apply({"params": p}, x, t, **kw)
@@ -90,20 +76,21 @@ def jax_worker(case: dict) -> dict:
     objective, _ = respaced(case["steps"])
 
     def call():
-        return sample(apply_fn, params, shape, cond, jax.random.key(1), objective=objective,
-                      sampler="ddpm", steps=case["steps"], cfg_scale=CFG_SCALE, progress=False)
+        return sample(apply_fn, params, spec.batch_shape(b), cond, jax.random.key(1),
+                      objective=objective, sampler="ddpm", steps=case["steps"],
+                      cfg_scale=CFG_SCALE, progress=False)
 
     t0 = time.perf_counter()
     jax.block_until_ready(call())  # traces and compiles the loop; later calls reuse it
     first_s = time.perf_counter() - t0
-    timing = common.time_calls(call, case["repeats"], case["warmup"], jax.block_until_ready)
+    timing = harness.time_calls(call, case["repeats"], case["warmup"], jax.block_until_ready)
     out = call()
     return {"framework": "jax", "precision": f"{case['dtype']} {case['attn_impl']}",
             "dtype": case["dtype"], "timing": timing,
             "compile_s": max(first_s - timing["median_s"], 0.0),
             "sample_call_s": first_s, "finite": bool(jnp.isfinite(out).all()),
-            "peak_bytes": common.device_peak_bytes(),
-            "flops": case["steps"] * common.dit_flops(model, 2 * b, case["text_len"])}
+            "peak_bytes": memory.device_peak_bytes(),
+            "flops": case["steps"] * flops.dit_flops(model, 2 * b, case["text_len"])}
 
 
 def torch_worker(case: dict) -> dict:
@@ -112,15 +99,15 @@ def torch_worker(case: dict) -> dict:
     from torch_models import torch_model_like
 
     mode = case["torch_mode"]
-    device = common.torch_setup(mode)
+    device = harness.torch_setup(mode)
     cuda = device.type == "cuda"
-    jax_model = build_model({**case, "dtype": "float32"})
+    jax_model = build_model(case)
     model = torch_model_like(jax_model).to(device).eval()
     forward = torch.compile(model) if mode.endswith("+compile") else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
-    video = bool(case["frames"])
-    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
-    shape = (b, case["frames"], c, s, s) if video else (b, c, s, s)
+    video = jax_model.input_spec.video
+    b, c, L = case["batch"], jax_model.in_channels, case["text_len"]
+    shape = harness.channels_first(jax_model, b)
 
     # The respaced chain's numbers (float64 NumPy); the loop below does the math in torch.
     objective, spec = respaced(case["steps"])
@@ -170,20 +157,14 @@ def torch_worker(case: dict) -> dict:
     first_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timing = common.time_calls(loop, case["repeats"], max(case["warmup"] - 1, 0), sync)
+    timing = harness.time_calls(loop, case["repeats"], max(case["warmup"] - 1, 0), sync)
     out = loop()
     return {"framework": "torch", "precision": mode,
             "dtype": "bfloat16" if "bf16" in mode else "float32", "timing": timing,
             "compile_s": first_s if "compile" in mode else None,
             "finite": bool(torch.isfinite(out).all()),
             "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-            "flops": case["steps"] * common.dit_flops(jax_model, 2 * b, case["text_len"])}
-
-
-def peak_worker(case: dict) -> dict:
-    import jax
-    return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            **{dt: common.matmul_peak(dt, n=case.get("peak_n")) for dt in ("float32", "bfloat16")}}
+            "flops": case["steps"] * flops.dit_flops(jax_model, 2 * b, case["text_len"])}
 
 
 WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
@@ -195,7 +176,7 @@ WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
 
 def resolve_cases(args, backend: str) -> list[dict]:
     if args.model:
-        video, frames = common.model_frames(args)
+        video, frames = harness.model_frames(args)
         cases = [dict(model=args.model, frames=frames,
                       batch=args.batch or (2 if args.small else (4 if video else 8)),
                       size=args.size or (16 if args.small and video else 32),
@@ -208,39 +189,37 @@ def resolve_cases(args, backend: str) -> list[dict]:
                 c["steps"] = args.sample_steps
             if args.depth:
                 c["depth"] = args.depth
-    dtype, attn = common.resolve_precision(args, backend)
+    dtype, attn = harness.resolve_precision(args, backend)
     for c in cases:
         c.setdefault("depth", None)
         c.update(dtype=dtype, attn_impl=attn, repeats=args.repeats, warmup=args.warmup,
-                 text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
+                 text_len=args.text_len or (8 if args.small else flops.DEFAULT_TEXT_LEN))
     return cases
 
 
 def main(argv=None) -> int:
-    p = common.bench_parser(__doc__, WORKERS)
+    p = harness.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="samples (each guided: 2× rows per model call)")
     p.add_argument("--sample-steps", type=int, help="DDPM steps (default 250, --small 10)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; --small 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
     args = p.parse_args(argv)
-    common.use_compile_cache(args)
-    if args.worker:
-        common.emit_result(WORKERS[args.worker](json.loads(args.case)))
+    if harness.serve_worker(args, WORKERS):
         return 0
 
     args.repeats = args.repeats or (2 if args.small else 5)
-    started = common.start(SCRIPT, p, args, resolve_cases)
+    started = harness.start(SCRIPT, p, args, resolve_cases)
     if started is None:
         return 1
     info, peaks, cases = started
     on_gpu = peaks["backend"] == "gpu"
-    scale, unit = common.flops_unit(peaks)
+    scale, unit = harness.flops_unit(peaks)
 
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        runs = common.run_case(SCRIPT, case, label, common.torch_modes(args, on_gpu, case["dtype"]),
-                               on_gpu)
+        modes = harness.torch_modes(args, on_gpu, case["dtype"])
+        runs = harness.run_case(SCRIPT, case, label, modes, on_gpu)
         jax_s = runs[0].get("timing", {}).get("median_s")
         for run in runs:
             run = {**run, "case": case, "label": label}
@@ -259,20 +238,20 @@ def main(argv=None) -> int:
             results.append(run)
             rows.append([label, run["framework"], run["precision"], f"{med:.2f}",
                          f"{run['steps_per_s']:.2f}", f"{run['model_flops_per_s'] / scale:.2f}",
-                         common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
-                         common.compile_note(run),
-                         common.fmt(run.get("sample_call_s"), ".2f"),
-                         common.fmt(run["jax_speedup"], ".2f") + ("×" if run["jax_speedup"]
+                         harness.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
+                         harness.compile_note(run),
+                         harness.fmt(run.get("sample_call_s"), ".2f"),
+                         harness.fmt(run["jax_speedup"], ".2f") + ("×" if run["jax_speedup"]
                                                                  else ""),
                          "yes" if run["finite"] else "NO"])
             label = ""
-    table = common.print_table(
+    table = harness.print_table(
         ["case", "framework", "precision", "total s", "steps/s", f"model {unit}", "MFU",
          "compile s", "sample() s", "JAX speedup", "finite"], rows,
         title=f"DDPM sampling with batched CFG (scale {CFG_SCALE}); total = median of "
               f"{args.repeats} runs after compiling; sample() s = the first call of "
               f"dit3d_jax.diffusion.sample, compilation included; compile s = that − total")
-    return common.finish(args, info, peaks, results, table)
+    return harness.finish(args, info, peaks, results, table)
 
 
 if __name__ == "__main__":

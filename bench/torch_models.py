@@ -170,7 +170,7 @@ def torch_model_like(jax_model) -> nn.Module:
                   depth=jax_model.depth, num_heads=jax_model.num_heads,
                   mlp_ratio=jax_model.mlp_ratio, num_classes=jax_model.num_classes,
                   learn_sigma=jax_model.learn_sigma)
-    if hasattr(jax_model, "num_frames"):
+    if jax_model.input_spec.video:
         return TorchDiT3D(num_frames=jax_model.num_frames, text_dim=jax_model.text_dim,
                           temporal_every=jax_model.temporal_every, **common)
     return sdpa_dit(**common)

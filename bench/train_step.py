@@ -8,7 +8,7 @@
 JAX side: `dit3d_jax.train.make_train_step` exactly as training runs it (hybrid DDPM loss, grads,
 freeze partition, AdamW, EMA, importance sampler, NaN guard), compiled once (compile time reported),
 then timed over --steps calls after --warmup, each synchronised with block_until_ready; the median
-is reported. Model FLOPs = 3 × forward (bench/common.py); MFU against a large matmul timed in JAX
+is reported. Model FLOPs = 3 × forward (bench/flops.py); MFU against a large matmul timed in JAX
 in the same run. Memory: device peak where the backend keeps statistics (GPU/TPU), else "n/a", plus
 XLA's static estimate of the compiled step (arguments, outputs, temporaries, donated aliases).
 --compile-only times nothing: it reports the compile time, that estimate and the activations
@@ -23,16 +23,17 @@ GPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import flops  # noqa: E402
+import harness  # noqa: E402
+import memory  # noqa: E402
+from harness import TEXT_DIM, build_model, peak_worker  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
-TEXT_DIM = 384  # MiniLM
 
 # The GPU suite (issue 6) and the CPU stand-in (--small): same families, tiny shapes.
 SUITE = ([dict(model="DiT-S/2", batch=256, frames=0, size=32, freeze="none")]
@@ -47,58 +48,33 @@ SMALL_SUITE = [dict(model="DiT-S/2", depth=2, batch=4, frames=0, size=16, freeze
 # Shared between the workers
 # ---------------------------------------------------------------------------------------------
 
-def build_model(case: dict):
-    """The dit3d_jax module of a case (attn_impl resolved)."""
-    from dit3d_jax.models import get_model
-    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"],
-                  scan_blocks=case.get("scan", False), remat=case.get("remat", "none"))
-    if case.get("depth"):
-        kwargs["depth"] = case["depth"]
-    if case["frames"]:
-        kwargs.update(num_frames=case["frames"], text_dim=TEXT_DIM)
-    return get_model(case["model"], **kwargs)
-
-
 def host_batch(model, batch: int, text_len: int, seed: int = 0) -> dict:
     """A random host batch in the "Host batches" layout (channels last, captions of random
     length ≥ 1)."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    s, c = model.input_size, model.in_channels
-    out = {"label": rng.integers(0, model.num_classes, batch).astype(np.int32)}
-    if hasattr(model, "num_frames"):
-        shape = (batch, model.num_frames, s, s, c)
-        out["video"] = rng.uniform(-1, 1, shape).astype(np.float32)
-        out["text_emb"] = rng.standard_normal((batch, text_len, model.text_dim)).astype(np.float32)
+    spec = model.input_spec
+    out = {"label": rng.integers(0, spec.num_classes, batch).astype(np.int32)}
+    if spec.video:
+        out["video"] = rng.uniform(-1, 1, spec.batch_shape(batch)).astype(np.float32)
+        out["text_emb"] = rng.standard_normal((batch, text_len, spec.text_dim)).astype(np.float32)
         lengths = rng.integers(1, text_len + 1, batch)
         out["text_mask"] = np.arange(text_len)[None] < lengths[:, None]
     else:
-        out["image"] = rng.uniform(-1, 1, (batch, s, s, c)).astype(np.float32)
+        out["image"] = rng.uniform(-1, 1, spec.batch_shape(batch)).astype(np.float32)
     return out
 
 
 def case_label(case: dict) -> str:
-    from dit3d_jax.models import variant_name
-    model = build_model(case)
-    shape = (f"{case['frames']}×" if case["frames"] else "") + f"{case['size']}²×4"
     extra = f", text L={case['text_len']}, freeze {case['freeze']}" if case["frames"] else ""
     extra += (", scan" if case.get("scan") else "") + (
         f", remat {case['remat']}" if case.get("remat", "none") != "none" else "")
-    return f"{variant_name(model)} {shape} b{case['batch']}{extra}"
+    return harness.case_label(case, extra)
 
 
 # ---------------------------------------------------------------------------------------------
 # Workers (each runs in its own process)
 # ---------------------------------------------------------------------------------------------
-
-def peak_worker(case: dict) -> dict:
-    import jax
-    out = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-           "device_count": jax.device_count()}
-    for dtype in ("float32", "bfloat16"):
-        out[dtype] = common.matmul_peak(dtype, n=case.get("peak_n"))
-    return out
-
 
 def jax_worker(case: dict) -> dict:
     import jax
@@ -127,13 +103,13 @@ def jax_worker(case: dict) -> dict:
     compile_s = time.perf_counter() - t0
     dtype = str(jax.numpy.dtype(compute_dtype(case["dtype"])))
     out = {"framework": "jax", "precision": f"{dtype} {case['attn_impl']}", "dtype": dtype,
-           "compile_s": compile_s, "init_s": init_s, "memory": common.compiled_memory(compiled),
-           "flops": common.train_flops(model, case["batch"], case["text_len"], case["freeze"])}
+           "compile_s": compile_s, "init_s": init_s, "memory": memory.compiled_memory(compiled),
+           "flops": flops.train_flops(model, case["batch"], case["text_len"], case["freeze"])}
     if case["compile_only"]:
         net = model.clone(dtype=compute_dtype(case["dtype"]))
-        return {**out, "saved_activation_bytes": common.saved_activation_bytes(
-            net, state.params, case["batch"], case["text_len"], case["freeze"]),
-            "step_matmul_flops": common.jaxpr_matmul_flops(
+        return {**out, "saved_activation_bytes": memory.saved_activation_bytes(
+            net, state.params, case["batch"], text_len=case["text_len"], freeze=case["freeze"]),
+            "step_matmul_flops": flops.jaxpr_matmul_flops(
                 make_step_fn(config, model, objective), state, batch)}
     holder = {"state": state}
 
@@ -141,9 +117,9 @@ def jax_worker(case: dict) -> dict:
         holder["state"], metrics = compiled(holder["state"], batch)
         return holder["state"].step, metrics
 
-    out["timing"] = common.time_calls(call, case["steps"], case["warmup"], jax.block_until_ready)
+    out["timing"] = harness.time_calls(call, case["steps"], case["warmup"], jax.block_until_ready)
     _, metrics = call()
-    return {**out, "loss": float(metrics["loss"]), "peak_bytes": common.device_peak_bytes()}
+    return {**out, "loss": float(metrics["loss"]), "peak_bytes": memory.device_peak_bytes()}
 
 
 def torch_worker(case: dict) -> dict:
@@ -152,11 +128,11 @@ def torch_worker(case: dict) -> dict:
     from torch_models import torch_model_like
 
     mode = case["torch_mode"]
-    device = common.torch_setup(mode)
+    device = harness.torch_setup(mode)
     cuda = device.type == "cuda"
     jax_model = build_model(case)
     model = torch_model_like(jax_model).to(device)
-    video = hasattr(jax_model, "num_frames")
+    video = jax_model.input_spec.video
     if case["freeze"] == "backbone":
         for p in model.backbone_parameters():
             p.requires_grad_(False)
@@ -167,9 +143,8 @@ def torch_worker(case: dict) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=mode.startswith("bf16"))
 
-    b, s, c, L = case["batch"], jax_model.input_size, jax_model.in_channels, case["text_len"]
-    shape = (b, jax_model.num_frames, c, s, s) if video else (b, c, s, s)
-    x0 = torch.rand(shape, device=device) * 2 - 1
+    b, c, L = case["batch"], jax_model.in_channels, case["text_len"]
+    x0 = torch.rand(harness.channels_first(jax_model, b), device=device) * 2 - 1
     y = torch.randint(0, jax_model.num_classes, (b,), device=device)
     text = torch.randn(b, L, TEXT_DIM, device=device) if video else None
     mask = (torch.arange(L, device=device)[None] < torch.randint(1, L + 1, (b, 1),
@@ -203,13 +178,13 @@ def torch_worker(case: dict) -> dict:
     first_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timing = common.time_calls(step, case["steps"], max(case["warmup"] - 1, 0), sync)
+    timing = harness.time_calls(step, case["steps"], max(case["warmup"] - 1, 0), sync)
     loss = float(step())
     return {"framework": "torch", "precision": mode, "dtype": "bfloat16" if "bf16" in mode
             else "float32", "timing": timing, "compile_s": first_s if "compile" in mode else None,
             "loss": loss, "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
             "threads": torch.get_num_threads(),
-            "flops": common.train_flops(jax_model, case["batch"], case["text_len"],
+            "flops": flops.train_flops(jax_model, case["batch"], case["text_len"],
                                         case["freeze"])}
 
 
@@ -222,7 +197,7 @@ WORKERS = {"peak": peak_worker, "jax": jax_worker, "torch": torch_worker}
 
 def resolve_cases(args, backend: str) -> list[dict]:
     if args.model:
-        video, frames = common.model_frames(args)
+        video, frames = harness.model_frames(args)
         default_batch = (2 if video else 4) if args.small else (8 if video else 256)
         cases = [dict(model=args.model, batch=args.batch or default_batch, frames=frames,
                       size=args.size or (16 if args.small else 32), freeze=freeze,
@@ -233,7 +208,7 @@ def resolve_cases(args, backend: str) -> list[dict]:
         if args.depth:
             for c in cases:
                 c["depth"] = args.depth
-    dtype, attn = common.resolve_precision(args, backend)
+    dtype, attn = harness.resolve_precision(args, backend)
     for c in cases:
         c.setdefault("depth", None)
         if c["freeze"] not in ("none", "backbone"):
@@ -245,7 +220,7 @@ def resolve_cases(args, backend: str) -> list[dict]:
         c.update(dtype=dtype, attn_impl=attn, steps=args.steps, warmup=args.warmup,
                  scan=args.scan, remat=args.remat, donate=args.donate,
                  compile_only=args.compile_only,
-                 text_len=args.text_len or (8 if args.small else common.DEFAULT_TEXT_LEN))
+                 text_len=args.text_len or (8 if args.small else flops.DEFAULT_TEXT_LEN))
     return cases
 
 
@@ -268,7 +243,7 @@ def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        run = common.run_case(SCRIPT, case, label, [], on_gpu=False)[0]
+        run = harness.run_case(SCRIPT, case, label, [], on_gpu=False)[0]
         results.append({**run, "case": case, "label": label})
         if "error" in run:
             rows.append([label, "", "", "error: " + run["error"][:80]] + [""] * 7)
@@ -277,10 +252,10 @@ def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
         rows.append([label, run["precision"], "yes" if case["donate"] else "no",
                      f"{run['compile_s']:.1f}",
                      f"{run['step_matmul_flops'] / run['flops']['model']:.3f}",
-                     common.gib(run["saved_activation_bytes"])]
-                    + [common.gib(m.get(k)) for k in ("arguments", "outputs", "temporaries",
+                     harness.gib(run["saved_activation_bytes"])]
+                    + [harness.gib(m.get(k)) for k in ("arguments", "outputs", "temporaries",
                                                        "aliased", "total")])
-    table = common.print_table(
+    table = harness.print_table(
         ["case", "precision", "donated", "compile s", "matmul work", "saved for backward",
          "arguments",
          "outputs", "temporaries", "aliased", "XLA total"], rows,
@@ -288,11 +263,11 @@ def memory_report(cases: list[dict], args, info: dict, peaks: dict) -> int:
               "(> 1: recomputation), activations autodiff saves for the backward (jaxpr "
               "residuals, any device), XLA's static estimate of the compiled step on this "
               "backend")
-    return common.finish(args, info, peaks, results, table)
+    return harness.finish(args, info, peaks, results, table)
 
 
 def main(argv=None) -> int:
-    p = common.bench_parser(__doc__, WORKERS)
+    p = harness.bench_parser(__doc__, WORKERS)
     p.add_argument("--batch", type=int, help="global batch (clips for DiT3D)")
     p.add_argument("--freeze", default="none",
                    help="none, backbone, or none,backbone (one case each; with --model)")
@@ -306,21 +281,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50; --small 8)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; --small 2)")
     args = p.parse_args(argv)
-    common.use_compile_cache(args)
-    if args.worker:
-        common.emit_result(WORKERS[args.worker](json.loads(args.case)))
+    if harness.serve_worker(args, WORKERS):
         return 0
 
     args.steps = args.steps or (8 if args.small else 50)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.small else 10)
-    started = common.start(SCRIPT, p, args, resolve_cases)
+    started = harness.start(SCRIPT, p, args, resolve_cases)
     if started is None:
         return 1
     info, peaks, cases = started
     if args.compile_only:
         return memory_report(cases, args, info, peaks)
     on_gpu = peaks["backend"] == "gpu"
-    scale, unit = common.flops_unit(peaks)
+    scale, unit = harness.flops_unit(peaks)
     print("matmul peak (JAX): " + ", ".join(
         f"{d} {peaks[d]['n']}³ {peaks[d]['flops_per_s'] / scale:.1f} {unit}"
         for d in ("float32", "bfloat16")), flush=True)
@@ -328,8 +301,8 @@ def main(argv=None) -> int:
     results, rows = [], []
     for case in cases:
         label = case_label(case)
-        raw = common.run_case(SCRIPT, case, label, common.torch_modes(args, on_gpu, case["dtype"]),
-                              on_gpu)
+        modes = harness.torch_modes(args, on_gpu, case["dtype"])
+        raw = harness.run_case(SCRIPT, case, label, modes, on_gpu)
         jax_res = summarise(case, raw[0], peaks, None)
         runs = [jax_res] + [summarise(case, res, peaks, jax_res.get("ms_per_step"))
                             for res in raw[1:]]
@@ -339,24 +312,24 @@ def main(argv=None) -> int:
                 rows.append([label, run.get("framework", "?"), "", "error: " + run["error"][:80]]
                             + [""] * 8)
                 continue
-            peak_mem = common.gib(run["peak_bytes"])
+            peak_mem = harness.gib(run["peak_bytes"])
             if run["framework"] == "jax" and run.get("memory"):
-                peak_mem += f" (XLA est. {common.gib(run['memory']['total'])})"
+                peak_mem += f" (XLA est. {harness.gib(run['memory']['total'])})"
             rows.append([label, run["framework"], run["precision"],
                          f"{run['ms_per_step']:.1f}", f"{1e3 * run['timing']['min_s']:.1f}",
                          f"{run['samples_per_s']:.1f}",
                          f"{run['model_flops_per_s'] / scale:.2f}",
-                         common.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
-                         peak_mem, common.compile_note(run),
-                         common.fmt(run["jax_speedup"], ".2f", "—") + ("×" if run["jax_speedup"]
+                         harness.fmt(run["mfu"] and 100 * run["mfu"], ".1f") + "%",
+                         peak_mem, harness.compile_note(run),
+                         harness.fmt(run["jax_speedup"], ".2f", "—") + ("×" if run["jax_speedup"]
                                                                        else "")])
             label = ""
-    table = common.print_table(
+    table = harness.print_table(
         ["case", "framework", "precision", "ms/step", "min ms", "samples/s", f"model {unit}", "MFU",
          "peak memory", "compile s", "JAX speedup"], rows,
         title=f"Train step (median of {args.steps} after {args.warmup} warm-up; model FLOPs = "
               f"3 × forward; MFU vs the JAX matmul peak of the row's dtype)")
-    return common.finish(args, info, peaks, results, table)
+    return harness.finish(args, info, peaks, results, table)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import harness  # noqa: E402
+from memory import compiled_memory, device_peak_bytes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +61,7 @@ def bench_jax(args) -> dict:
         start = time.perf_counter()
         compiled = fn.lower(params, inputs).compile()
         compile_s = time.perf_counter() - start
-        timing = common.time_calls(lambda: compiled(params, inputs), steps=args.repeats,
+        timing = harness.time_calls(lambda: compiled(params, inputs), steps=args.repeats,
                                    warmup=1, sync=jax.block_until_ready)
         out[name] = {"compile_s": compile_s, "median_s": timing["median_s"],
                      "times_s": timing["times_s"],
@@ -72,7 +73,7 @@ def bench_jax(args) -> dict:
     memory = {}
     for chunk in (args.chunk, args.frames):
         latents = jax.ShapeDtypeStruct((args.frames, latent, latent, 4), jnp.float32)
-        memory[chunk] = common.compiled_memory(
+        memory[chunk] = compiled_memory(
             _decode_frames.lower(vae, abstract, latents, chunk).compile())
         print(f"jax decode_video {args.frames} frames, chunk {chunk}: XLA estimate {memory[chunk]}",
               flush=True)
@@ -80,7 +81,7 @@ def bench_jax(args) -> dict:
     if jax.default_backend() != "cpu":
         clip = jnp.zeros((1, args.frames, latent, latent, 4))
         jax.block_until_ready(decode_video(vae, params, clip, chunk=args.chunk))
-        out["memory"]["device_peak_bytes"] = common.device_peak_bytes()
+        out["memory"]["device_peak_bytes"] = device_peak_bytes()
     return out
 
 
@@ -88,7 +89,7 @@ def bench_torch(args) -> dict:
     import torch
     from diffusers import AutoencoderKL as TorchAutoencoderKL
 
-    device = common.torch_setup("fp32")
+    device = harness.torch_setup("fp32")
     model = TorchAutoencoderKL(block_out_channels=(128, 256, 512, 512),
                                down_block_types=("DownEncoderBlock2D",) * 4,
                                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
@@ -103,7 +104,7 @@ def bench_torch(args) -> dict:
     with torch.inference_mode(), autocast:
         for name, call in (("encode", lambda: model.encode(x).latent_dist.mean),
                            ("decode", lambda: model.decode(z).sample)):
-            timing = common.time_calls(call, steps=args.repeats, warmup=1, sync=sync)
+            timing = harness.time_calls(call, steps=args.repeats, warmup=1, sync=sync)
             out[name] = {"median_s": timing["median_s"], "times_s": timing["times_s"],
                          "frames_per_s": args.batch / timing["median_s"]}
             print(f"torch {name}: {out[name]['frames_per_s']:.3f} frames/s", flush=True)
@@ -113,7 +114,7 @@ def bench_torch(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    info = common.machine()
+    info = harness.machine()
     results = {"args": vars(args), "machine": info, "jax": bench_jax(args)}
     if not args.skip_torch:
         results["torch"] = bench_torch(args)
@@ -121,18 +122,18 @@ def main(argv=None) -> int:
     for name in ("encode", "decode"):
         jax_fps = results["jax"][name]["frames_per_s"]
         torch_fps = results["torch"][name]["frames_per_s"] if "torch" in results else None
-        rows.append([name, common.fmt(jax_fps, ".3f"), common.fmt(torch_fps, ".3f"),
-                     common.fmt(None if torch_fps is None else jax_fps / torch_fps, ".2f"),
+        rows.append([name, harness.fmt(jax_fps, ".3f"), harness.fmt(torch_fps, ".3f"),
+                     harness.fmt(None if torch_fps is None else jax_fps / torch_fps, ".2f"),
                      f"{results['jax'][name]['compile_s']:.1f}"])
-    common.print_table(["SD VAE", "JAX frames/s", "PyTorch frames/s", "JAX / PyTorch",
+    harness.print_table(["SD VAE", "JAX frames/s", "PyTorch frames/s", "JAX / PyTorch",
                         "JAX compile s"], rows,
                        title=f"{args.size}² frames, batch {args.batch}, {args.dtype}, median of "
                              f"{args.repeats} ({info['cpu_model']}, {info['cpu_cores']} cores)")
     mem = results["jax"]["memory"]
-    common.print_table(
+    harness.print_table(
         ["decode_video", "temporaries", "outputs"],
-        [[f"{args.frames} frames, chunk {c}", common.gib(mem[str(c)]["temporaries"]),
-          common.gib(mem[str(c)]["outputs"])] for c in (args.chunk, args.frames)
+        [[f"{args.frames} frames, chunk {c}", harness.gib(mem[str(c)]["temporaries"]),
+          harness.gib(mem[str(c)]["outputs"])] for c in (args.chunk, args.frames)
          if mem.get(str(c))],
         title="XLA memory estimate of the compiled chunked decoder")
     if args.json:

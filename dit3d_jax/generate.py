@@ -19,7 +19,6 @@ import numpy as np
 from dit3d_jax.diffusion import sample
 from dit3d_jax.diffusion.flow import RectifiedFlow
 from dit3d_jax.diffusion.samplers import SAMPLERS
-from dit3d_jax.models import DiT3D
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.train.step import compute_dtype
 
@@ -79,10 +78,12 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
     "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
     and the sampler's state float32.
-    Returns (N, F, H, W, C) for DiT3D or (N, H, W, C) for DiT, float32 in the data's range, with
-    N = num · max(len(prompts), len(labels), 1), rows grouped by condition.
+    Returns (N, *model.input_spec.shape) float32 in the data's range ((N, F, H, W, C) for a
+    video model, (N, H, W, C) for an image DiT), N = num · max(len(prompts), len(labels), 1),
+    rows grouped by condition.
     """
     model = model.clone(dtype=compute_dtype(dtype))
+    spec = model.input_spec
     n = max(len(prompts or ()), len(labels or ()), 1)
     cond = {}
     if labels:
@@ -90,15 +91,12 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     if prompts:
         encoder = encoder if encoder is not None else text_encoder_for(None)
         emb, mask = encoder.encode([p for p in prompts for _ in range(num)])
-        if emb.shape[-1] != model.text_dim:
+        if emb.shape[-1] != spec.text_dim:
             raise ValueError(f"prompts: the text encoder gives {emb.shape[-1]}-d tokens but the "
-                             f"model expects text_dim={model.text_dim}")
+                             f"model expects text_dim={spec.text_dim}")
         cond["text"], cond["text_mask"] = emb, mask
-    s, c = model.input_size, model.in_channels
-    batch = n * num
-    shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
-
-    x = sample(model_apply_fn(model), params, shape, cond, jax.random.key(seed), objective=objective,
-               sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, progress=progress,
+    x = sample(model_apply_fn(model), params, spec.batch_shape(n * num), cond,
+               jax.random.key(seed), objective=objective, sampler=sampler, steps=steps,
+               cfg_scale=cfg_scale, eta=eta, progress=progress,
                guidance_channels=guidance_channels)
     return np.asarray(x)

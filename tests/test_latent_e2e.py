@@ -14,11 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dit3d_jax.data.latents import LatentSource, is_complete  # noqa: E402
+from dit3d_jax.data.sources import make_data_iterator  # noqa: E402
 from dit3d_jax.models.export import load_exported  # noqa: E402
 from dit3d_jax.models.vae import AutoencoderKL, init_vae, save_vae  # noqa: E402
 from dit3d_jax.train.config import load_config_file  # noqa: E402
-from dit3d_jax.train.loop import (make_data_iterator, model_from_config,  # noqa: E402
-                                  train_and_evaluate)
+from dit3d_jax.train.loop import model_from_config, train_and_evaluate  # noqa: E402
 from dit3d_jax.utils.cli import run  # noqa: E402
 from torch_reference import TorchDiT, randomize_  # noqa: E402
 

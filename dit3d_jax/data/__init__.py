@@ -1,7 +1,11 @@
-"""Data stack: tfds builders (moving shapes, local video folder, latent datasets written by
-encode_latents.py), the grain pipeline, a detector.
+"""Data stack: every source of host batches. The `random` benchmark source (random.py), tfds
+builders (moving shapes, a local video folder, latent datasets written by encode_latents.py),
+folder sources (images, pre-sampled latents; caption_files.py reads their captions), the grain
+pipeline, config.data -> iterator (sources.py), a detector.
 
-Never imports dit3d_jax.models. Typical use:
+Sources read a model only through its `input_spec`; of dit3d_jax.models they load the text
+encoder alone (models/text.py), when config.data names one. Names load lazily, so `random`
+batches and the train loop need no data wheels (grain, tfds). Typical use:
 
     builder = get_builder("moving_shapes", config="default", data_dir=None)   # builds once
     it = make_iterator(builder, split="train", global_batch_size=64, seed=0,
@@ -11,13 +15,21 @@ Never imports dit3d_jax.models. Typical use:
 
 from __future__ import annotations
 
-from dit3d_jax.data.latents import LatentSource, write_latents
-from dit3d_jax.data.pipeline import LatentFolderSource, hflip_caption, make_iterator
-from dit3d_jax.data.shapes import (MovingShapes, MovingShapesConfig, captions, default_data_dir,
-                                   render_video)
-from dit3d_jax.data.video_folder import VideoFolder, VideoFolderConfig
+import importlib
 
-BUILDERS = {"moving_shapes": MovingShapes, "video_folder": VideoFolder}
+_HOMES = {"LatentSource": "latents", "LatentFolderSource": "latents", "write_latents": "latents",
+          "hflip_caption": "pipeline", "make_iterator": "pipeline",
+          "MovingShapes": "shapes", "MovingShapesConfig": "shapes", "captions": "shapes",
+          "default_data_dir": "shapes", "render_video": "shapes",
+          "VideoFolder": "video_folder", "VideoFolderConfig": "video_folder",
+          "RandomSource": "random", "make_data_iterator": "sources", "check_batch": "sources"}
+BUILDERS = {"moving_shapes": "MovingShapes", "video_folder": "VideoFolder"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 
 def get_builder(name: str, *, data_dir=None, prepare: bool = True, **kwargs):
@@ -29,12 +41,10 @@ def get_builder(name: str, *, data_dir=None, prepare: bool = True, **kwargs):
     """
     if name not in BUILDERS:
         raise ValueError(f"name: expected one of {list(BUILDERS)}, got {name!r}")
-    builder = BUILDERS[name](data_dir=data_dir, **kwargs)
+    builder = __getattr__(BUILDERS[name])(data_dir=data_dir, **kwargs)
     if prepare:
         builder.download_and_prepare()
     return builder
 
 
-__all__ = ["BUILDERS", "LatentFolderSource", "LatentSource", "MovingShapes", "MovingShapesConfig",
-           "VideoFolder", "VideoFolderConfig", "captions", "default_data_dir", "get_builder", "hflip_caption",
-           "make_iterator", "render_video", "write_latents"]
+__all__ = ["BUILDERS", "get_builder", *_HOMES]

@@ -20,6 +20,9 @@ Completeness: tfds writes into DIR/latents/default/incomplete.XXXXXX_1.0.0/ and 
 1.0.0/ only when every split is written (verified by tests/data/test_latents.py). An interrupted
 run leaves at most that incomplete.* folder, which is never read and which the next
 `write_latents` into the same DIR removes before it starts again from the first example.
+
+Latents another tool already sampled and scaled, as .npy files in a folder, are read by
+`LatentFolderSource` (`config.data.name = "latent_folder"`; one fixed latent per clip).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from dit3d_jax.data.caption_files import jsonl_captions, sidecar_text
 from dit3d_jax.data.pipeline import _text
 
 NAME, CONFIG, VERSION_DIR = "latents", "default", "1.0.0"
@@ -188,3 +192,65 @@ def read_metadata(path) -> dict:
         raise FileNotFoundError(f"data.path: no finished latent dataset in {os.fspath(path)!r}")
     with open(file, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+class LatentFolderSource:
+    """Random-access source over pre-extracted latents in a folder.
+
+    folder/NAME.npy holds float latents (B, F, h, w, c) (or one clip (F, h, w, c)), already
+    scaled as the model expects (e.g. × 0.18215); optional captions, one per row, as NAME.txt
+    (B lines) or captions.jsonl lines {"file": "NAME.npy", "caption": str | [B str]}
+    (`dit3d_jax.data.caption_files`).
+    Item i -> {"video": float32 (F, h, w, c), "caption": str, "label": int}; labels index the
+    sorted distinct captions. make_iterator passes float "video" through unscaled.
+    """
+
+    def __init__(self, folder):
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise ValueError(f"folder: expected a directory of .npy latents, got {folder!r}")
+        self.folder = folder
+        jsonl = jsonl_captions(folder, "latent_folder")
+        self._rows: list[tuple[str, int | None]] = []
+        captions: list[str] = []
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".npy")):
+            arr = np.load(os.path.join(folder, name), mmap_mode="r")
+            if arr.ndim not in (4, 5) or not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f"{name}: expected float latents (B, F, h, w, c) or "
+                                 f"(F, h, w, c), got {arr.dtype} {arr.shape}")
+            n = arr.shape[0] if arr.ndim == 5 else 1
+            sidecar = sidecar_text(folder, name)
+            if sidecar is not None:
+                caps = [line.strip() for line in sidecar.splitlines()]
+            else:
+                cap = jsonl.get(name, "")
+                caps = [cap] * n if isinstance(cap, str) else [str(c) for c in cap]
+            if len(caps) != n:
+                raise ValueError(f"{name}: expected {n} captions (one per latent row), "
+                                 f"got {len(caps)}")
+            self._rows += [(name, r if arr.ndim == 5 else None) for r in range(n)]
+            captions += caps
+        if not self._rows:
+            raise ValueError(f"folder: no .npy latents in {folder!r}")
+        self._captions = captions
+        self._labels = {c: i for i, c in enumerate(sorted(set(captions)))}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, row = self._rows[index]
+        if name not in self._arrays:
+            self._arrays[name] = np.load(os.path.join(self.folder, name), mmap_mode="r")
+        arr = self._arrays[name]
+        latent = np.asarray(arr if row is None else arr[row], np.float32)
+        caption = self._captions[index]
+        return {"video": latent, "caption": caption, "label": self._labels[caption]}
+
+    def __getstate__(self):  # memory maps stay per process
+        return {**self.__dict__, "_arrays": {}}
+
+    def caption_labels(self, split: str | None = None) -> dict[str, int]:
+        del split
+        return dict(self._labels)

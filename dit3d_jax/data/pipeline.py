@@ -23,15 +23,13 @@ resume at the same example.
 
 Sources: a tfds builder (its `as_data_source(split)`), or any object with __len__ and
 __getitem__ returning {"video", "caption", "label"} (e.g. `LatentFolderSource`) or
-{"latent_mean", "latent_logvar", "caption", "label"} (`dit3d_jax.data.latents.LatentSource`).
+{"latent_mean", "latent_logvar", "caption", "label"} (`LatentSource`; both in
+`dit3d_jax.data.latents`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from typing import Any
 
 import grain
 import numpy as np
@@ -244,76 +242,3 @@ def make_iterator(builder_or_source, *, split: str = "train", global_batch_size:
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(it_ds)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pre-extracted latents
-# ---------------------------------------------------------------------------------------------
-
-class LatentFolderSource:
-    """Random-access source over pre-extracted latents in a folder.
-
-    folder/NAME.npy holds float latents (B, F, h, w, c) (or one clip (F, h, w, c)), already
-    scaled as the model expects (e.g. × 0.18215); optional captions, one per row, as NAME.txt
-    (B lines) or captions.jsonl lines {"file": "NAME.npy", "caption": str | [B str]}.
-    Item i -> {"video": float32 (F, h, w, c), "caption": str, "label": int}; labels index the
-    sorted distinct captions. make_iterator passes float "video" through unscaled.
-    """
-
-    def __init__(self, folder):
-        folder = os.fspath(folder)
-        if not os.path.isdir(folder):
-            raise ValueError(f"folder: expected a directory of .npy latents, got {folder!r}")
-        self.folder = folder
-        jsonl = {}
-        path = os.path.join(folder, "captions.jsonl")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        row = json.loads(line)
-                        jsonl[os.path.basename(row["file"])] = row["caption"]
-        self._rows: list[tuple[str, int | None]] = []
-        captions: list[str] = []
-        for name in sorted(n for n in os.listdir(folder) if n.endswith(".npy")):
-            arr = np.load(os.path.join(folder, name), mmap_mode="r")
-            if arr.ndim not in (4, 5) or not np.issubdtype(arr.dtype, np.floating):
-                raise ValueError(f"{name}: expected float latents (B, F, h, w, c) or "
-                                 f"(F, h, w, c), got {arr.dtype} {arr.shape}")
-            n = arr.shape[0] if arr.ndim == 5 else 1
-            sidecar = os.path.join(folder, name[:-4] + ".txt")
-            if os.path.exists(sidecar):
-                with open(sidecar, encoding="utf-8") as fh:
-                    caps = [l.strip() for l in fh.read().splitlines()]
-            else:
-                cap = jsonl.get(name, "")
-                caps = [cap] * n if isinstance(cap, str) else [str(c) for c in cap]
-            if len(caps) != n:
-                raise ValueError(f"{name}: expected {n} captions (one per latent row), "
-                                 f"got {len(caps)}")
-            self._rows += [(name, r if arr.ndim == 5 else None) for r in range(n)]
-            captions += caps
-        if not self._rows:
-            raise ValueError(f"folder: no .npy latents in {folder!r}")
-        self._captions = captions
-        self._labels = {c: i for i, c in enumerate(sorted(set(captions)))}
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        name, row = self._rows[index]
-        if name not in self._arrays:
-            self._arrays[name] = np.load(os.path.join(self.folder, name), mmap_mode="r")
-        arr = self._arrays[name]
-        latent = np.asarray(arr if row is None else arr[row], np.float32)
-        caption = self._captions[index]
-        return {"video": latent, "caption": caption, "label": self._labels[caption]}
-
-    def __getstate__(self):  # memory maps stay per process
-        return {**self.__dict__, "_arrays": {}}
-
-    def caption_labels(self, split: str | None = None) -> dict[str, int]:
-        del split
-        return dict(self._labels)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 
@@ -37,10 +36,10 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from dit3d_jax.data.caption_files import jsonl_captions, sidecar_text
 from dit3d_jax.data.shapes import clip_features, default_data_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".npy")
-CAPTIONS_FILE = "captions.jsonl"
 
 
 @dataclasses.dataclass(eq=False)
@@ -126,29 +125,17 @@ def clip_starts(num_frames: int, frames: int, stride: int, clips: int) -> list[i
 
 
 def read_captions(folder) -> dict[str, str]:
-    """{video file name: caption} from captions.jsonl, overridden by NAME.txt sidecars."""
+    """{video file name: caption} from captions.jsonl, overridden by NAME.txt sidecars
+    (`dit3d_jax.data.caption_files`)."""
     folder = os.fspath(folder)
-    out: dict[str, str] = {}
-    jsonl = os.path.join(folder, CAPTIONS_FILE)
-    if os.path.exists(jsonl):
-        with open(jsonl, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    out[os.path.basename(str(row["file"]))] = str(row["caption"]).strip()
-                except (ValueError, KeyError, TypeError) as e:
-                    logging.warning("video_folder: %s line %d skipped (%s: %s)", jsonl, n,
-                                    type(e).__name__, e)
+    out = {name: str(caption).strip()
+           for name, caption in jsonl_captions(folder, "video_folder").items()}
     for name in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in VIDEO_EXTENSIONS:
+        if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
             continue
-        sidecar = os.path.join(folder, stem + ".txt")
-        if os.path.exists(sidecar):
-            with open(sidecar, encoding="utf-8") as fh:
-                out[name] = re.sub(r"\s+", " ", fh.read()).strip()
+        sidecar = sidecar_text(folder, name)
+        if sidecar is not None:
+            out[name] = re.sub(r"\s+", " ", sidecar).strip()
     return out
 
 

@@ -1,5 +1,6 @@
 """Models: DiT (image), DiT3D (video), ViT3D (video on a ViT backbone) and the image ViT
-backbone; the variant registry and parameter helpers.
+backbone; the variant registry and parameter helpers. Each model declares what it takes as
+`model.input_spec` (an `InputSpec`: batch key, example shape, labels, text).
 
     model = get_model("DiT3D-S/2", num_frames=16, text_dim=384)
     params = init_params(model, jax.random.key(0))
@@ -12,11 +13,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dit3d_jax.models.dit import PATCHES, SIZES, DiT
 from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.models.inputs import InputSpec
 from dit3d_jax.models.vit3d import VIT_PATCHES, VIT_SIZES, ViT, ViT3D
 
 FAMILIES = {"DiT": DiT, "DiT3D": DiT3D, "ViT3D": ViT3D, "ViT": ViT}
@@ -77,17 +78,8 @@ def variant_name(model: DiT) -> str:
 
 
 def dummy_inputs(model: DiT, batch: int = 1) -> dict:
-    """Zero inputs of the right shapes for `model.init` / `jax.eval_shape`."""
-    s, c = model.input_size, model.in_channels
-    if isinstance(model, ViT):
-        return dict(x=jnp.zeros((batch, s, s, c), jnp.float32))
-    shape = (batch, model.num_frames, s, s, c) if isinstance(model, DiT3D) else (batch, s, s, c)
-    inputs = dict(x=jnp.zeros(shape, jnp.float32), t=jnp.zeros((batch,), jnp.float32))
-    if model.num_classes > 0:
-        inputs["y"] = jnp.zeros((batch,), jnp.int32)
-    if isinstance(model, DiT3D) and model.text_dim > 0:
-        inputs["text"] = jnp.zeros((batch, 1, model.text_dim), jnp.float32)
-    return inputs
+    """Zero inputs of the right shapes for `model.init` / `jax.eval_shape` (`InputSpec.zeros`)."""
+    return model.input_spec.zeros(batch)
 
 
 def init_boxed(model: DiT, rng: jax.Array) -> Any:
@@ -106,10 +98,15 @@ def param_logical_axes(model: DiT) -> Any:
     return nn.get_partition_spec(abstract)
 
 
+def param_shapes(model: DiT) -> Any:
+    """Pytree of jax.ShapeDtypeStruct like the model's params (nothing is computed)."""
+    return jax.eval_shape(lambda: nn.unbox(init_boxed(model, jax.random.key(0))))
+
+
 def count_params(params: Any) -> int:
     return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["DiT", "DiT3D", "ViT", "ViT3D", "MODEL_NAMES", "family_of", "get_model", "init_params",
-           "check_denoiser", "init_boxed", "param_logical_axes", "count_params", "dummy_inputs",
-           "variant_name"]
+__all__ = ["DiT", "DiT3D", "ViT", "ViT3D", "InputSpec", "MODEL_NAMES", "family_of", "get_model",
+           "init_params", "check_denoiser", "init_boxed", "param_logical_axes", "param_shapes",
+           "count_params", "dummy_inputs", "variant_name"]

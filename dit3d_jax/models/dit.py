@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit3d_jax.models.inputs import InputSpec
 from dit3d_jax.models.layers import (Dtype, LabelEmbedder, Mlp, PatchEmbed, SelfAttention,
                                      TimestepEmbedder, ada_ln, dense, norm_modulate, sincos_2d,
                                      zeros)
@@ -142,6 +143,12 @@ class DiT(nn.Module):
     attn_impl: str = "xla"
     scan_blocks: bool = False
     remat: str = "none"
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """x (B, H, W, C) under "image", t, and labels when num_classes > 0."""
+        s = self.input_size
+        return InputSpec("image", (s, s, self.in_channels), num_classes=self.num_classes)
 
     @property
     def out_channels(self) -> int:

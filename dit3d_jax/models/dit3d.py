@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dit3d_jax.models.dit import DiT, DiTBlock
+from dit3d_jax.models.inputs import InputSpec
 from dit3d_jax.models.layers import (CrossAttention, SelfAttention, ada_ln, dense, gelu_tanh,
                                      logical, norm, norm_modulate, sincos_1d, zeros)
 
@@ -96,6 +97,14 @@ class DiT3D(DiT):
     frame_embedding: bool = False
 
     block_class = DiT3DBlock
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """x (B, F, H, W, C) under "video", t, labels when num_classes > 0, captions when
+        text_dim > 0."""
+        s = self.input_size
+        return InputSpec("video", (self.num_frames, s, s, self.in_channels),
+                         num_classes=self.num_classes, text_dim=self.text_dim)
 
     def backbone_model(self) -> DiT:
         """The image DiT with this model's shared fields (the one a DiT3D is inflated from; its

@@ -37,6 +37,7 @@ import numpy as np
 
 from dit3d_jax.models.dit import REMAT_POLICIES, FinalLayer, check_grid_fields
 from dit3d_jax.models.dit3d import DiT3D, _gate_one_bias
+from dit3d_jax.models.inputs import InputSpec
 from dit3d_jax.models.layers import (CrossAttention, Dtype, LabelEmbedder, SelfAttention,
                                      TimestepEmbedder, ada_ln, dense, logical, norm,
                                      norm_modulate, sincos_1d, zeros)
@@ -141,6 +142,12 @@ class ViT(ViTBackbone, nn.Module):
     def __post_init__(self):
         super().__post_init__()
         self.check_backbone_fields()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """x (B, H, W, C) under "image" and nothing else (a backbone takes no t)."""
+        s = self.input_size
+        return InputSpec("image", (s, s, self.in_channels), timestep=False)
 
     def setup(self):
         self.setup_backbone()

@@ -36,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from dit3d_jax.models import param_shapes
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.export import model_from_spec, model_spec
 from dit3d_jax.utils.cli import one_line
@@ -394,8 +395,6 @@ def load_workdir(workdir: str, ema: bool = True, step: Optional[int] = None,
     model.json / checkpoint, CheckpointError when no checkpoint restores or they do not fit
     model.json.
     """
-    from dit3d_jax.diffusion.objective import make_objective  # pylint: disable=import-outside-toplevel
-    from dit3d_jax.train.sharding import make_mesh  # pylint: disable=import-outside-toplevel
     workdir = os.path.abspath(workdir)
     config = read_run_config(workdir)
     spec_path = os.path.join(workdir, MODEL_FILE)
@@ -408,12 +407,11 @@ def load_workdir(workdir: str, ema: bool = True, step: Optional[int] = None,
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet (in {ckpt.directory})")
-        mesh = make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
-        objective = make_objective(config.objective, model.learn_sigma)
-        abstract, _ = abstract_train_state(config, model.clone(dtype=jnp.float32),
-                                           objective, mesh)
-        field = "ema_params" if ema else "params"
-        params = ckpt.restore_field(field, getattr(abstract, field), step)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+            param_shapes(model.clone(dtype=jnp.float32)))
+        params = ckpt.restore_field("ema_params" if ema else "params", abstract, step)
     finally:
         ckpt.close()
     return model, params, config

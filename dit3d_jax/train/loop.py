@@ -4,16 +4,8 @@
 
 Side effects live here and only here: the distributed runtime, the data iterator, checkpoints
 (orbax, asynchronous), metrics (workdir/metrics.jsonl, TensorBoard in workdir/tb), the progress
-bar and the SIGTERM handler. The step itself (`dit3d_jax.train.step`) stays pure.
-
-Data sources (config.data.name):
-    "random"         synthetic, deterministic (`RandomSource`): benchmarks and tests, no data wheels
-    "moving_shapes"  the captioned moving-shapes tfds dataset (config.data.config: "tiny"|"default")
-    "video_folder"   a folder of videos (config.data.path), clips of the model's frames and size
-    "latents"        a latent dataset written by encode_latents.py (config.data.path): the VAE
-                     posterior per example; the step draws a fresh latent from it every step
-    "latent_folder"  already-sampled, scaled latents as .npy files (config.data.path) made by
-                     another tool, `LatentFolderSource` (one fixed latent per clip)
+bar and the SIGTERM handler. The step itself (`dit3d_jax.train.step`) stays pure; the host
+batches come from `dit3d_jax.data.sources` (config.data.name picks the source).
 """
 from __future__ import annotations
 
@@ -22,17 +14,17 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
+from dit3d_jax.data.sources import check_batch, make_data_iterator
 from dit3d_jax.diffusion.objective import make_objective
 from dit3d_jax.models import (check_denoiser, count_params, get_model, init_params,
                               variant_name)
 from dit3d_jax.models.dit import DiT
-from dit3d_jax.models.dit3d import DiT3D
 from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train_state,
                                         save_run_spec)
 from dit3d_jax.train.config import SIZE_FIELDS, ConfigError
@@ -42,10 +34,6 @@ from dit3d_jax.train.state import TrainState, create_train_state
 from dit3d_jax.train.step import METRICS, make_train_step
 from dit3d_jax.utils.cli import one_line
 from dit3d_jax.utils.logging import MetricsWriter, ProgressBar, quiet_library_logs
-
-DATA_SOURCES = ("random", "moving_shapes", "video_folder", "latents", "latent_folder")
-ENCODE_COMMAND = ("python encode_latents.py --data video_folder --data-path VIDEOS --vae VAE_DIR "
-                  "--output LATENTS")
 
 
 @contextlib.contextmanager
@@ -101,159 +89,6 @@ def model_from_config(config) -> DiT:
     kwargs = {name: value for name, value in config.model.kwargs.items()
               if not (name in SIZE_FIELDS and value is None)}
     return get_model(config.model.name, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-def example_shape(model: DiT) -> tuple[str, tuple[int, ...]]:
-    """("video", (F, H, W, C)) for a DiT3D, ("image", (H, W, C)) for an image DiT."""
-    s, c = model.input_size, model.in_channels
-    if isinstance(model, DiT3D):
-        return "video", (model.num_frames, s, s, c)
-    return "image", (s, s, c)
-
-
-class RandomSource:
-    """Deterministic synthetic host batches (data.name = "random"), the "Host batches" API.
-
-    A pool of `pool_size` examples; example i comes from np.random.default_rng((seed, i)):
-    x standard normal of `shape` (under `key`), "label" uniform in [0, num_classes) (zeros when
-    num_classes = 0), and when text_shape = (L, D) is given "text_emb" normal (L, D) with
-    "text_mask" True on its first 1..L tokens. Global batch b takes the pool rows drawn by
-    default_rng((seed, 1, b)); process p of P holds rows [p·B/P, (p+1)·B/P) of it, so the global
-    batch does not depend on P. State: {"batch": b}, the next global batch.
-    """
-
-    def __init__(self, *, key: str, shape: tuple[int, ...], global_batch_size: int, seed: int,
-                 num_classes: int = 0, text_shape: Optional[tuple[int, int]] = None,
-                 process_index: int = 0, process_count: int = 1, pool_size: int = 64):
-        if global_batch_size < 1 or global_batch_size % process_count:
-            raise ValueError(f"data.global_batch_size: expected a positive multiple of the "
-                             f"process count {process_count}, got {global_batch_size}")
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index: expected an int in [0, {process_count}), got "
-                             f"{process_index}")
-        self.key, self.seed, self.pool_size = key, int(seed), int(pool_size)
-        self.global_batch_size = int(global_batch_size)
-        local = global_batch_size // process_count
-        self._rows = slice(process_index * local, (process_index + 1) * local)
-        pool = [self._example(i, shape, num_classes, text_shape) for i in range(pool_size)]
-        self._pool = {k: np.stack([ex[k] for ex in pool]) for k in pool[0]}
-        self._batch = 0
-
-    def _example(self, i, shape, num_classes, text_shape) -> dict:
-        rng = np.random.default_rng((self.seed, i))
-        ex = {self.key: rng.standard_normal(shape, dtype=np.float32),
-              "label": np.int32(rng.integers(num_classes) if num_classes > 0 else 0)}
-        if text_shape is not None:
-            length, dim = text_shape
-            ex["text_emb"] = rng.standard_normal((length, dim), dtype=np.float32)
-            ex["text_mask"] = np.arange(length) < rng.integers(1, length + 1)
-        return ex
-
-    def __iter__(self) -> "RandomSource":
-        return self
-
-    def __next__(self) -> dict:
-        rows = np.random.default_rng((self.seed, 1, self._batch)).integers(
-            self.pool_size, size=self.global_batch_size)[self._rows]
-        self._batch += 1
-        return {k: v[rows] for k, v in self._pool.items()}
-
-    def get_state(self) -> dict:
-        return {"batch": self._batch}
-
-    def set_state(self, state: dict) -> None:
-        self._batch = int(state["batch"])
-
-
-def make_data_iterator(config, model: DiT, *, process_index: int, process_count: int) -> Iterator:
-    """This process's iterator of host batches for config.data (see the module docstring);
-    it has get_state() / set_state(). The data stack is imported only for real datasets."""
-    data = config.data
-    if data.name not in DATA_SOURCES:
-        raise ValueError(f"data.name: expected one of {DATA_SOURCES}, got {data.name!r}")
-    key, shape = example_shape(model)
-    text_dim = getattr(model, "text_dim", 0)
-    if data.name == "random":
-        return RandomSource(key=key, shape=shape, global_batch_size=data.global_batch_size,
-                            seed=data.seed, num_classes=model.num_classes,
-                            text_shape=(data.text_max_length, text_dim) if text_dim else None,
-                            process_index=process_index, process_count=process_count)
-
-    if data.name in ("video_folder", "latent_folder") and not os.path.isdir(data.path):
-        raise ConfigError(f"data.path {data.path!r}: expected the directory that data.name="
-                          f"{data.name!r} reads, found no directory there")
-    from dit3d_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-    if data.name != "latents" and not isinstance(model, DiT3D):
-        raise ValueError(f"data.name: {data.name!r} yields videos, but model.name "
-                         f"{config.model.name!r} is an image DiT; use data.name='latents' or "
-                         f"'random'")
-    if data.name == "latents":  # checked first: before the text encoder loads
-        source = latent_source(data.path, key, shape)
-    encoder = None
-    if data.text_encoder:
-        from dit3d_jax.models.text import get_text_encoder  # pylint: disable=import-outside-toplevel
-        encoder = get_text_encoder(data.text_encoder, max_length=data.text_max_length)
-        if encoder.dim != text_dim:
-            raise ValueError(f"model.kwargs.text_dim: expected {encoder.dim} (the dimension of "
-                             f"data.text_encoder={data.text_encoder!r}), got {text_dim}")
-    elif text_dim:
-        logging.warning("data.text_encoder is empty but the model has text_dim=%d: it will only "
-                        "ever see the null caption", text_dim)
-
-    if data.name == "latent_folder":
-        source = data_lib.LatentFolderSource(data.path)
-    elif data.name != "latents":
-        kwargs = (dict(config=data.config) if data.name == "moving_shapes" else
-                  dict(folder=data.path, frames=shape[0], size=shape[1]))
-        # Process 0 builds the tfds dataset; the others wait, then read it.
-        if process_index == 0:
-            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
-        if process_count > 1:
-            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-            multihost_utils.sync_global_devices("dataset prepared")
-        if process_index != 0:
-            source = data_lib.get_builder(data.name, data_dir=data.data_dir or None, **kwargs)
-    return data_lib.make_iterator(
-        source, split="train", global_batch_size=data.global_batch_size, seed=data.seed,
-        process_index=process_index, process_count=process_count,
-        worker_count=data.worker_count, augment=data.augment, text_encoder=encoder)
-
-
-def latent_source(path: str, key: str, shape: tuple[int, ...]):
-    """The train split of the latent dataset at `path` (data.name="latents"), checked against
-    the model's example `shape`; a missing path or a dataset of another shape is one
-    ValueError / FileNotFoundError naming encode_latents.py."""
-    if not path:
-        raise ValueError(f"data.path: expected a latent dataset directory for "
-                         f"data.name='latents', got none; write one with `{ENCODE_COMMAND}` and "
-                         f"pass --config.data.path=LATENTS")
-    from dit3d_jax.data.latents import LatentSource  # pylint: disable=import-outside-toplevel
-    source = LatentSource(path, split="train")
-    if source.shape != shape:
-        what = "(F, h, w, c)" if key == "video" else "(h, w, c)"
-        raise ValueError(f"data.path: expected latents of shape {shape} {what} for the model "
-                         f"(model.kwargs num_frames/input_size/in_channels), got "
-                         f"{source.shape} in {path!r}; encode with the model's frames and "
-                         f"size x the VAE's downsampling, or set model.kwargs to match")
-    return source
-
-
-def check_batch(batch: dict, model: DiT, config) -> None:
-    """Raises ConfigError when a host batch does not fit the model (first batch only)."""
-    key, shape = example_shape(model)
-    if "latent_mean" in batch:
-        key = "latent_mean"
-    local = config.data.global_batch_size // jax.process_count()
-    want = (local, *shape)
-    got = getattr(batch.get(key), "shape", None)
-    if got != want:
-        raise ConfigError(f"data: expected batch[{key!r}] of shape {want} for "
-                          f"{variant_name(model)} (model.kwargs) and data.global_batch_size, "
-                          f"got {got} from data.name={config.data.name!r}; make them agree")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +288,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             while step < num_steps:
                 batch = next(data_iter)
                 if not checked:
-                    check_batch(batch, model, config)
+                    with config_errors():
+                        check_batch(batch, model, config)
                     checked = True
                 state, metrics = train_step(state, shard_batch(mesh, batch))
                 step += 1

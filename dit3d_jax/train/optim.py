@@ -21,12 +21,11 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from dit3d_jax.models import init_boxed
+from dit3d_jax.models import param_shapes
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.models.dit3d import DiT3D
 
@@ -48,11 +47,6 @@ def path_str(path) -> str:
         else:
             parts.append(str(key))
     return "/".join(parts)
-
-
-def param_shapes(model: DiT) -> Any:
-    """Pytree of jax.ShapeDtypeStruct like the model's params (nothing is computed)."""
-    return jax.eval_shape(lambda: nn.unbox(init_boxed(model, jax.random.key(0))))
 
 
 def _flat_shapes(model: DiT) -> dict[str, tuple]:

@@ -21,9 +21,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dit3d_jax.models import param_logical_axes
+from dit3d_jax.models import param_logical_axes, param_shapes
 from dit3d_jax.models.dit import DiT
-from dit3d_jax.train.optim import param_shapes
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")

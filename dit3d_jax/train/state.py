@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh
 
 from dit3d_jax.diffusion import importance
-from dit3d_jax.models import init_params
+from dit3d_jax.models import init_params, param_shapes
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.train import optim
 from dit3d_jax.train.sharding import param_shardings, replicated
@@ -103,7 +103,7 @@ def create_train_state(config, model: DiT, objective, mesh: Mesh, rng: jax.Array
 
     shapes = jax.eval_shape(init, key, params)
     if params is not None:
-        fresh = optim.param_shapes(model)
+        fresh = param_shapes(model)
         if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(shapes.params) or \
                 any(a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(fresh),
                                                          jax.tree_util.tree_leaves(shapes.params))):

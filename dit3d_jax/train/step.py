@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from dit3d_jax.diffusion import importance
 from dit3d_jax.models.dit import DiT
-from dit3d_jax.models.dit3d import DiT3D
+from dit3d_jax.models.inputs import InputSpec
 from dit3d_jax.models.vae import sample_posterior
 from dit3d_jax.train import optim
 from dit3d_jax.train.sharding import batch_sharding, replicated
@@ -62,29 +62,31 @@ def draw_latents(batch: dict, key: jax.Array) -> jax.Array:
 
 def model_inputs(model: DiT, batch: dict, key: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
-    """(x0, cond) from a batch: x0 = "video" (or "image"), or a draw from the posterior
-    "latent_mean"/"latent_logvar" with `key` (`draw_latents`); cond holds y / text / text_mask
-    for the conditioning the model has."""
+    """(x0, cond) from a batch: x0 = batch[model.input_spec.key] ("video" or "image"; the
+    other one when only that is there), or a draw from the posterior "latent_mean" /
+    "latent_logvar" with `key` (`draw_latents`); cond holds y / text / text_mask for the
+    conditioning the model takes."""
+    spec = model.input_spec
     if "latent_mean" in batch:
         if key is None:
             raise ValueError("key: expected a PRNG key to draw x0 from batch['latent_mean'] / "
                              "['latent_logvar'], got None")
-        return draw_latents(batch, key), _conditioning(model, batch)
-    entry = "video" if isinstance(model, DiT3D) else "image"
+        return draw_latents(batch, key), _conditioning(spec, batch)
+    entry = spec.key
     if entry not in batch:
         other = "image" if entry == "video" else "video"
         if other not in batch:
             raise ValueError(f"batch: expected a {entry!r} entry for {type(model).__name__}, "
                              f"got keys {sorted(batch)}")
         entry = other
-    return batch[entry], _conditioning(model, batch)
+    return batch[entry], _conditioning(spec, batch)
 
 
-def _conditioning(model: DiT, batch: dict) -> dict:
+def _conditioning(spec: InputSpec, batch: dict) -> dict:
     cond = {}
-    if model.num_classes > 0 and "label" in batch:
+    if spec.num_classes > 0 and "label" in batch:
         cond["y"] = batch["label"]
-    if getattr(model, "text_dim", 0) > 0 and "text_emb" in batch:
+    if spec.text_dim > 0 and "text_emb" in batch:
         cond["text"] = batch["text_emb"]
         if "text_mask" in batch:
             cond["text_mask"] = batch["text_mask"]

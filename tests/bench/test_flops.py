@@ -1,4 +1,4 @@
-"""The benchmark's analytic FLOP model (bench/common.py) against independent counts.
+"""The benchmark's analytic FLOP model (bench/flops.py) against independent counts.
 
 References: a hand count of a one-block DiT; PyTorch's FlopCounterMode on the test reference
 TorchDiT (explicit attention) and on the benchmark's TorchDiT3D (attention forced to the math
@@ -32,7 +32,7 @@ def _load(name):
     return module
 
 
-common = _load("common")
+bench_flops = _load("flops")
 torch_models = _load("torch_models")
 
 TINY = dict(depth=1, input_size=8, hidden_size=64, num_heads=2)
@@ -53,8 +53,8 @@ def test_one_block_dit_matches_a_hand_count():
             + 2 * B * D * 2 * D                     # final adaLN
             + 2 * B * N * D * (2 * 2 * 8))          # final linear to p·p·2C
     assert hand == 5_529_600
-    assert common.dit_flops(model, B) == hand
-    assert common.train_flops(model, B)["model"] == 3 * hand
+    assert bench_flops.dit_flops(model, B) == hand
+    assert bench_flops.train_flops(model, B)["model"] == 3 * hand
 
 
 @pytest.mark.parametrize("kw", [TINY, dict(TINY, depth=2, patch_size=4, learn_sigma=False,
@@ -68,7 +68,7 @@ def test_image_dit_matches_torch_flop_counter(kw):
     B = 5
     with FlopCounterMode(display=False) as counter:
         net(torch.zeros(B, 4, 8, 8), torch.ones(B), torch.zeros(B, dtype=torch.long))
-    assert common.dit_flops(model, B) == counter.get_total_flops()
+    assert bench_flops.dit_flops(model, B) == counter.get_total_flops()
 
 
 def test_video_dit_matches_torch_flop_counter_of_the_stand_in():
@@ -80,7 +80,7 @@ def test_video_dit_matches_torch_flop_counter_of_the_stand_in():
                   torch.ones(B, L, 24), torch.ones(B, L, dtype=torch.bool),
                   torch.tensor([True, False]))
     assert out.shape == (B, 3, 8, 8, 8)
-    assert common.dit_flops(model, B, text_len=L) == counter.get_total_flops()
+    assert bench_flops.dit_flops(model, B, text_len=L) == counter.get_total_flops()
 
 
 def _inputs(model, B, L):
@@ -98,8 +98,8 @@ def test_forward_matches_jaxpr_and_bounds_xla_cost_analysis(name, kw):
     B, L = 2, 5
     x, t, cond = _inputs(model, B, L)
     fwd = lambda p: model.apply({"params": p}, x, t, **cond)
-    analytic = common.dit_flops(model, B, text_len=L)
-    assert common.jaxpr_matmul_flops(fwd, params) == analytic
+    analytic = bench_flops.dit_flops(model, B, text_len=L)
+    assert bench_flops.jaxpr_matmul_flops(fwd, params) == analytic
     # XLA counts elementwise work too (norms, softmax, GELU, modulation): at width 64 that is a
     # few percent on top of the matmuls; 15% is the stated tolerance.
     xla = jax.jit(fwd).lower(params).compile().cost_analysis()
@@ -117,7 +117,7 @@ def test_jaxpr_counter_matches_xla_on_pure_matmuls():
         return jnp.einsum("bij,bjk->bik", a, b), conv
 
     expected = 2 * 3 * 5 * 7 * 11 + 2 * (2 * 4 * 4 * 6) * (2 * 2 * 4)
-    assert common.jaxpr_matmul_flops(f, a, b, img, kernel) == expected
+    assert bench_flops.jaxpr_matmul_flops(f, a, b, img, kernel) == expected
     xla = jax.jit(f).lower(a, b, img, kernel).compile().cost_analysis()
     xla = (xla[0] if isinstance(xla, (list, tuple)) else xla)["flops"]
     assert xla == pytest.approx(expected, rel=0.01)
@@ -140,8 +140,8 @@ def test_executed_train_flops_match_the_train_step(freeze):
     batch = shard_batch(mesh, dict(
         video=np.ones((B, 3, 8, 8, 4), np.float32), label=np.zeros(B, np.int32),
         text_emb=np.ones((B, L, 24), np.float32), text_mask=np.ones((B, L), bool)))
-    counted = common.jaxpr_matmul_flops(make_step_fn(config, model, objective), state, batch)
-    flops = common.train_flops(model, B, text_len=L, freeze=freeze)
+    counted = bench_flops.jaxpr_matmul_flops(make_step_fn(config, model, objective), state, batch)
+    flops = bench_flops.train_flops(model, B, text_len=L, freeze=freeze)
     assert counted == flops["executed"]
     assert flops["model"] == 3 * flops["forward"]
     if freeze == "backbone":
@@ -151,6 +151,6 @@ def test_executed_train_flops_match_the_train_step(freeze):
 def test_bad_arguments_are_named():
     model = get_model("DiT-S/2", **TINY)
     with pytest.raises(ValueError, match="batch"):
-        common.dit_flops(model, 0)
+        bench_flops.dit_flops(model, 0)
     with pytest.raises(ValueError, match="freeze"):
-        common.train_flops(model, 2, freeze="all")
+        bench_flops.train_flops(model, 2, freeze="all")

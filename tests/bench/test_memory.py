@@ -1,4 +1,4 @@
-"""bench/common.saved_activation_bytes: the activations autodiff keeps for the backward pass."""
+"""bench/memory.saved_activation_bytes: the activations autodiff keeps for the backward pass."""
 import importlib.util
 import os
 import sys
@@ -9,11 +9,10 @@ import jax.numpy as jnp
 from dit3d_jax.models import dummy_inputs, get_model, init_params
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench")
-spec = importlib.util.spec_from_file_location("bench_common_memory", os.path.join(BENCH,
-                                                                                  "common.py"))
-common = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = common
-spec.loader.exec_module(common)
+spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(BENCH, "memory.py"))
+bench_memory = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench_memory
+spec.loader.exec_module(bench_memory)
 
 VIDEO = dict(depth=2, input_size=8, hidden_size=32, num_heads=2, num_frames=3, text_dim=16)
 
@@ -40,7 +39,7 @@ def test_count_is_the_per_sample_growth_of_what_vjp_holds():
     # ran on every row, the traced count also held the raw caption (B, L, text_dim), which
     # offset it to 256.
     expected = (three - one) / 2 * 6
-    assert abs(common.saved_activation_bytes(model, params, 6, text_len=4) - expected) \
+    assert abs(bench_memory.saved_activation_bytes(model, params, 6, text_len=4) - expected) \
         <= 2e-3 * expected
 
 
@@ -49,7 +48,7 @@ def test_remat_and_freezing_shrink_what_is_saved():
     for remat in ("none", "dots", "full"):
         model = get_model("DiT3D-S/2", **VIDEO, scan_blocks=True, remat=remat)
         params = init_params(model, jax.random.key(0))
-        saved[remat] = common.saved_activation_bytes(model, params, 4, text_len=4)
+        saved[remat] = bench_memory.saved_activation_bytes(model, params, 4, text_len=4)
     assert saved["none"] > saved["dots"] > saved["full"] > 0
     # Full remat still keeps each block's input: depth × (F·N·D) float32 per clip.
     tokens = VIDEO["num_frames"] * (VIDEO["input_size"] // 2) ** 2
@@ -57,6 +56,6 @@ def test_remat_and_freezing_shrink_what_is_saved():
 
     model = get_model("DiT3D-S/2", **VIDEO)
     params = init_params(model, jax.random.key(0))
-    trained = common.saved_activation_bytes(model, params, 4, text_len=4)
-    frozen = common.saved_activation_bytes(model, params, 4, text_len=4, freeze="backbone")
+    trained = bench_memory.saved_activation_bytes(model, params, 4, text_len=4)
+    frozen = bench_memory.saved_activation_bytes(model, params, 4, text_len=4, freeze="backbone")
     assert frozen < trained

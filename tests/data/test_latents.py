@@ -1,6 +1,7 @@
 """Latent datasets: written completely or not at all, read back scaled, and the per-step draw
 matches the stored posterior."""
 
+import json
 import math
 import os
 
@@ -8,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from dit3d_jax.data.latents import LatentSource, is_complete, variant_dir, write_latents
+from dit3d_jax.data.latents import (LatentFolderSource, LatentSource, is_complete, variant_dir,
+                                     write_latents)
 from dit3d_jax.data.pipeline import make_iterator
 from dit3d_jax.train.step import draw_latents
 
@@ -108,3 +110,20 @@ def test_the_draw_matches_the_stored_posterior(tmp_path):
     assert np.all(np.abs(draws.std(0) / sigma - 1) < 5 / math.sqrt(2 * n))
     # and the draws differ from key to key (not the mean repeated)
     assert np.all(draws.std(0) > 0.5 * sigma)
+
+
+def test_latent_folder_source_passes_latents_through(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 2, 4, 4, 4)).astype(np.float32)
+    b = rng.normal(size=(2, 4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    (tmp_path / "a.txt").write_text("one\ntwo\none\n")
+    np.save(tmp_path / "b.npy", b)
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "b.npy", "caption": "three"}))
+    src = LatentFolderSource(tmp_path)
+    assert len(src) == 4 and src.caption_labels() == {"one": 0, "three": 1, "two": 2}
+    batch = next(make_iterator(src, global_batch_size=4, seed=0, shuffle=False, num_epochs=1,
+                               process_index=0, process_count=1))
+    np.testing.assert_array_equal(batch["video"], np.concatenate([a, b[None]]))
+    assert list(batch["caption"]) == ["one", "two", "one", "three"]
+    assert list(batch["label"]) == [0, 2, 0, 1]

@@ -7,7 +7,7 @@ import pytest
 
 from dit3d_jax.data import detector as D
 from dit3d_jax.data import shapes as S
-from dit3d_jax.data.pipeline import LatentFolderSource, hflip_caption, make_iterator
+from dit3d_jax.data.pipeline import hflip_caption, make_iterator
 
 
 @pytest.fixture(scope="module")
@@ -146,23 +146,6 @@ def test_worker_processes_give_the_same_batches(tiny):
             np.testing.assert_array_equal(got["caption"], w["caption"])
     finally:
         it.close()
-
-
-def test_latent_folder_source_passes_latents_through(tmp_path):
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(3, 2, 4, 4, 4)).astype(np.float32)
-    b = rng.normal(size=(2, 4, 4, 4)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    (tmp_path / "a.txt").write_text("one\ntwo\none\n")
-    np.save(tmp_path / "b.npy", b)
-    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "b.npy", "caption": "three"}))
-    src = LatentFolderSource(tmp_path)
-    assert len(src) == 4 and src.caption_labels() == {"one": 0, "three": 1, "two": 2}
-    batch = next(make_iterator(src, global_batch_size=4, seed=0, shuffle=False, num_epochs=1,
-                               process_index=0, process_count=1))
-    np.testing.assert_array_equal(batch["video"], np.concatenate([a, b[None]]))
-    assert list(batch["caption"]) == ["one", "two", "one", "three"]
-    assert list(batch["label"]) == [0, 2, 0, 1]
 
 
 def test_bad_arguments_are_named(tiny, tmp_path):

@@ -142,27 +142,6 @@ def test_metrics_writer_drops_records_after_the_resumed_step(tmp_path):
     assert read_metrics(str(tmp_path))[0]["bad"] is None    # JSON has no NaN
 
 
-def test_random_source_batches_do_not_depend_on_process_count_and_resume():
-    from dit3d_jax.train.loop import RandomSource
-    kw = dict(key="video", shape=(2, 4, 4, 3), global_batch_size=6, seed=5, num_classes=7,
-              text_shape=(5, 8))
-    one = RandomSource(**kw)
-    two = [RandomSource(process_index=i, process_count=2, **kw) for i in range(2)]
-    for _ in range(3):
-        whole, parts = next(one), [next(it) for it in two]
-        assert whole["video"].shape == (6, 2, 4, 4, 3) and whole["text_emb"].shape == (6, 5, 8)
-        for key in whole:
-            np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in parts]))
-    assert whole["text_mask"][:, 0].all() and 0 <= whole["label"].min() < 7
-    state = one.get_state()
-    expected = next(one)
-    again = RandomSource(**kw)
-    again.set_state(json.loads(json.dumps(state)))
-    for key, value in next(again).items():
-        np.testing.assert_array_equal(value, expected[key])
-    assert not np.array_equal(next(RandomSource(**kw))["video"], expected["video"])
-
-
 def test_summary_skips_non_finite_steps_and_says_so(caplog):
     from dit3d_jax.train.loop import summarize
     ok = dict(loss=1.0, mse=0.9, vb=0.1, grad_norm=2.0, lr=1e-4, skipped=0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from dit3d_jax.models import get_model
+from dit3d_jax.models import get_model, param_shapes
 from dit3d_jax.train import optim
 
 TINY = dict(depth=2, input_size=16, num_frames=2, hidden_size=64, num_heads=4, text_dim=16,
@@ -122,7 +122,7 @@ def test_backbone_labels_are_the_image_dit_params():
     flat = {optim.path_str(p): label
             for p, label in jax.tree_util.tree_flatten_with_path(labels)[0]}
     image_kwargs = {k: v for k, v in TINY.items() if k not in ("num_frames", "text_dim")}
-    image_paths = _paths(optim.param_shapes(get_model("DiT-S/8", **image_kwargs)))
+    image_paths = _paths(param_shapes(get_model("DiT-S/8", **image_kwargs)))
     assert {p for p, label in flat.items() if label == optim.FROZEN} == image_paths
     trainable = {p for p, label in flat.items() if label == optim.TRAINABLE}
     # The rule-of-thumb reading: video layers are temporal_*, cross_attn, text_*, null text.

@@ -1,15 +1,10 @@
-"""Shared pieces of the benchmark harness: FLOP model, timing, matmul peak, memory, output.
-
-FLOP convention (as in PERFORMANCE_ANCHORS): 2 FLOPs per multiply-add, counting every matmul (the
-Linear layers, the patch-embedding convolution) plus attention scores (Q·Kᵀ) and mixing (P·V);
-elementwise work (norms, softmax, GELU, modulation) is not counted. A train step is credited with
-3 × forward ("model FLOPs", the figure MFU is quoted on); `train_flops` also gives the matmul FLOPs
-a step really executes, which is less when the backbone is frozen (no weight gradients there).
+"""The benchmark harness both benches share: timing and the matmul peak, the bench cases (the
+model of a case, its label), one measurement per subprocess, the command line, the machine and
+the output table. What is counted lives beside it: FLOPs in flops.py, memory in memory.py.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -20,154 +15,7 @@ import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TEXT_LEN = 32  # data.text_max_length in dit3d_jax.train.config.default_config()
-
-
-# ---------------------------------------------------------------------------------------------
-# Analytic FLOP model
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One matmul family of a forward pass.
-
-    flops: forward FLOPs. kind: "weight" (activation × parameter) or "attention" (activation ×
-    activation: scores or mixing). new: the layer is not part of the image DiT (temporal, text).
-    input_grad: a backward pass must propagate a gradient to this matmul's activation input even
-    when nothing upstream of it is trainable in the image-DiT sense (False only for layers fed by
-    data: the patch embedding and the timestep MLP's first layer).
-    """
-    name: str
-    flops: int
-    kind: str = "weight"
-    new: bool = False
-    input_grad: bool = True
-
-
-def _is_video(model) -> bool:
-    return hasattr(model, "num_frames") and hasattr(model, "temporal_every")
-
-
-def forward_terms(model, batch: int, text_len: int = DEFAULT_TEXT_LEN) -> list[Term]:
-    """The forward pass of a DiT / DiT3D on `batch` samples (clips), term by term.
-
-    Derived from the module fields: input_size, patch_size, in_channels, hidden_size, depth,
-    mlp_ratio, learn_sigma; for DiT3D also num_frames, temporal_every and text_dim (with `text_len`
-    caption tokens). Label embedding is a gather (0 FLOPs).
-    """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: expected a positive int, got {batch!r}")
-    if isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 1:
-        raise ValueError(f"text_len: expected a positive int, got {text_len!r}")
-    B, D, p = batch, model.hidden_size, model.patch_size
-    M = int(D * model.mlp_ratio)
-    N = (model.input_size // p) ** 2                      # tokens per frame
-    C_out = model.in_channels * (2 if model.learn_sigma else 1)
-    video = _is_video(model)
-    F = model.num_frames if video else 1
-    text = video and model.text_dim > 0
-    L = text_len
-    rows = B * F                                          # images the spatial layers see
-    mm = lambda m, k, n: 2 * m * k * n                    # (m×k)·(k×n)
-
-    terms = [Term("patch_embed", mm(rows * N, p * p * model.in_channels, D), input_grad=False),
-             Term("t_embedder.mlp_0", mm(B, 256, D), input_grad=False),
-             Term("t_embedder.mlp_2", mm(B, D, D))]
-    if text:
-        T = model.text_dim
-        # The captions are data, but training swaps in the learned null caption (a parameter)
-        # for dropped rows, so these layers pass gradients back to their inputs too.
-        terms += [Term("text_proj_fc1", mm(B * L, T, D), new=True),
-                  Term("text_proj_fc2", mm(B * L, D, D), new=True),
-                  Term("text_pool", mm(B, T, D), new=True)]
-    for i in range(model.depth):
-        blk = f"blocks_{i}"
-        terms += [Term(f"{blk}.adaLN_modulation_1", mm(B, D, 6 * D)),
-                  Term(f"{blk}.attn.qkv", mm(rows * N, D, 3 * D)),
-                  Term(f"{blk}.attn.scores", mm(rows * N, D, N), "attention"),
-                  Term(f"{blk}.attn.mixing", mm(rows * N, N, D), "attention"),
-                  Term(f"{blk}.attn.proj", mm(rows * N, D, D))]
-        if video and i % model.temporal_every == 0:
-            terms += [Term(f"{blk}.temporal_adaLN", mm(B, D, 3 * D), new=True),
-                      Term(f"{blk}.temporal_attn.qkv", mm(B * N * F, D, 3 * D), new=True),
-                      Term(f"{blk}.temporal_attn.scores", mm(B * N * F, D, F), "attention", True),
-                      Term(f"{blk}.temporal_attn.mixing", mm(B * N * F, F, D), "attention", True),
-                      Term(f"{blk}.temporal_attn.proj", mm(B * N * F, D, D), new=True)]
-        if text:
-            terms += [Term(f"{blk}.cross_attn.q", mm(rows * N, D, D), new=True),
-                      Term(f"{blk}.cross_attn.kv", mm(B * L, D, 2 * D), new=True),
-                      Term(f"{blk}.cross_attn.scores", mm(rows * N, D, L), "attention", True),
-                      Term(f"{blk}.cross_attn.mixing", mm(rows * N, L, D), "attention", True),
-                      Term(f"{blk}.cross_attn.proj", mm(rows * N, D, D), new=True)]
-        terms += [Term(f"{blk}.mlp.fc1", mm(rows * N, D, M)),
-                  Term(f"{blk}.mlp.fc2", mm(rows * N, M, D))]
-    # DiT3D's head runs on the B·F frames with the conditioning repeated per frame.
-    terms += [Term("final_layer.adaLN_modulation_1", mm(rows if video else B, D, 2 * D)),
-              Term("final_layer.linear", mm(rows * N, D, p * p * C_out))]
-    return terms
-
-
-def dit_flops(model, batch: int, text_len: int = DEFAULT_TEXT_LEN) -> int:
-    """Forward FLOPs of `model` on `batch` samples (clips): matmuls + attention scores/mixing."""
-    return sum(term.flops for term in forward_terms(model, batch, text_len))
-
-
-def train_flops(model, batch: int, text_len: int = DEFAULT_TEXT_LEN,
-                freeze: str = "none") -> dict:
-    """{"forward", "model" (= 3 × forward, the MFU convention), "executed"} for one train step.
-
-    executed = forward + activation gradients (each weight matmul's input gradient costs its
-    forward FLOPs, skipped where `input_grad` is False; attention needs both operand gradients,
-    2 × forward) + weight gradients (forward FLOPs, trainable layers only). freeze: "none" or
-    "backbone" (only the `new` layers train). With the backbone frozen the text layers still pass
-    gradients into the conditioning, so the timestep MLP's second layer then needs no input grad.
-    """
-    if freeze not in ("none", "backbone"):
-        raise ValueError(f"freeze: expected 'none' or 'backbone', got {freeze!r}")
-    terms = forward_terms(model, batch, text_len)
-    fwd = sum(t.flops for t in terms)
-    executed = fwd
-    for t in terms:
-        trainable = freeze == "none" or t.new
-        if t.kind == "attention":
-            executed += 2 * t.flops
-            continue
-        needs_input_grad = t.input_grad and not (freeze == "backbone"
-                                                 and t.name == "t_embedder.mlp_2")
-        executed += t.flops * (int(needs_input_grad) + int(trainable))
-    return {"forward": fwd, "model": 3 * fwd, "executed": executed}
-
-
-def jaxpr_matmul_flops(fn: Callable, *args, **kwargs) -> int:
-    """Matmul FLOPs (dot_general, convolutions) in the jaxpr of fn(*args): what the traced program
-    asks XLA to compute, before XLA's own simplifications. Walks nested jaxprs (jit, remat, scan ×
-    its length, custom_jvp/vjp)."""
-    import jax
-    import numpy as np
-    from jax.extend.core import jaxprs_in_params
-
-    def count(jaxpr, mult=1) -> int:
-        total = 0
-        for eqn in jaxpr.eqns:
-            name = eqn.primitive.name
-            if name == "dot_general":
-                lhs, rhs = (v.aval.shape for v in eqn.invars)
-                (_, rc), (_, rb) = eqn.params["dimension_numbers"]
-                free_rhs = [s for i, s in enumerate(rhs) if i not in rc and i not in rb]
-                total += mult * 2 * int(np.prod(lhs)) * int(np.prod(free_rhs, dtype=np.int64))
-            elif name == "conv_general_dilated":
-                out = eqn.outvars[0].aval.shape
-                kernel = eqn.invars[1].aval.shape
-                dn = eqn.params["dimension_numbers"]
-                k_out = kernel[dn.rhs_spec[0]]
-                total += mult * 2 * int(np.prod(out)) * int(np.prod(kernel)) // k_out \
-                    // eqn.params["batch_group_count"]
-            inner = mult * (eqn.params["length"] if name == "scan" else 1)
-            for sub in jaxprs_in_params(eqn.params):
-                total += count(sub, inner)
-        return total
-
-    return count(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+TEXT_DIM = 384  # MiniLM: the caption width of every video case
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +62,55 @@ def matmul_peak(dtype: str = "float32", n: Optional[int] = None, reps: int = 10)
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory, machine, output
+# Cases: the model a case measures
+# ---------------------------------------------------------------------------------------------
+
+def build_model(case: dict, dtype: Optional[str] = None):
+    """The dit3d_jax module of a case: case["model"] at case["size"], with its depth, frames (a
+    video model then takes TEXT_DIM-d captions), attention kernel, scan and remat; computing
+    in `dtype` ("float32" | "bfloat16"; None: the module's float32)."""
+    from dit3d_jax.models import get_model
+    kwargs = dict(input_size=case["size"], attn_impl=case["attn_impl"],
+                  scan_blocks=case.get("scan", False), remat=case.get("remat", "none"))
+    if dtype is not None:
+        import jax.numpy as jnp
+        kwargs["dtype"] = jnp.dtype(dtype)
+    if case.get("depth"):
+        kwargs["depth"] = case["depth"]
+    if case["frames"]:
+        kwargs.update(num_frames=case["frames"], text_dim=TEXT_DIM)
+    return get_model(case["model"], **kwargs)
+
+
+def case_label(case: dict, extra: str = "") -> str:
+    """"DiT3D-S/2 16×32²×4 b8" + extra: a case's variant, example shape (frames × size² ×
+    channels) and batch; `extra` says what else the bench's rows differ in."""
+    from dit3d_jax.models import variant_name
+    model = build_model(case)
+    *frames, size, _, channels = model.input_spec.shape
+    shape = "".join(f"{f}×" for f in frames) + f"{size}²×{channels}"
+    return f"{variant_name(model)} {shape} b{case['batch']}{extra}"
+
+
+def channels_first(model, batch: int) -> tuple[int, ...]:
+    """x of `batch` examples in PyTorch's layout: (B, F, C, H, W) or (B, C, H, W)."""
+    *front, h, w, c = model.input_spec.batch_shape(batch)
+    return (*front, c, h, w)
+
+
+def peak_worker(case: dict) -> dict:
+    """The "peak" worker: backend, device and the matmul peak of each dtype
+    (case["peak_n"]: the matmul size, default `matmul_peak`'s)."""
+    import jax
+    out = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+           "device_count": jax.device_count()}
+    for dtype in ("float32", "bfloat16"):
+        out[dtype] = matmul_peak(dtype, n=case.get("peak_n"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and output
 # ---------------------------------------------------------------------------------------------
 
 def torch_setup(mode: str):
@@ -224,62 +120,6 @@ def torch_setup(mode: str):
     torch.backends.cudnn.allow_tf32 = mode.startswith("tf32")
     torch.manual_seed(0)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_peak_bytes() -> Optional[int]:
-    """Peak bytes in use on device 0 since process start (None where the backend has no stats,
-    e.g. CPU)."""
-    import jax
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
-
-
-def compiled_memory(compiled) -> Optional[dict]:
-    """XLA's static memory estimate for one call of a compiled function, in bytes: arguments,
-    outputs, temporaries, aliased (outputs written into donated arguments) and their total
-    arguments + outputs + temporaries − aliased; None where the backend does not implement it."""
-    try:
-        m = compiled.memory_analysis()
-        out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
-               "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes)}
-    except Exception:  # not every backend implements it
-        return None
-    out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
-    return out
-
-
-def saved_activation_bytes(model, params, batch: int, text_len: int = DEFAULT_TEXT_LEN,
-                           freeze: str = "none") -> int:
-    """Bytes of activations that autodiff keeps from a batch's forward for the backward pass:
-    the residuals held by `jax.vjp` of the model's summed output, with the leaves that `freeze`
-    freezes behind stop_gradient as in the train step. Only the part that grows with the batch
-    is counted (residuals at batch 2 minus batch 1, times `batch`), so params and per-step
-    copies of them (compute-dtype kernels) are left out. Platform-independent: it counts the
-    jaxpr's residuals, before XLA's fusion may recompute cheap elementwise ones; the remat policy
-    and the compute dtype of `model` decide it. Traced only (jax.eval_shape), nothing runs."""
-    import jax
-    import jax.numpy as jnp
-    from dit3d_jax.models import dummy_inputs
-    from dit3d_jax.train.optim import FROZEN, freeze_labels
-
-    labels = freeze_labels(model, freeze)
-
-    def residuals(p, x, cond):
-        def forward(p, x):
-            p = jax.tree_util.tree_map(
-                lambda label, w: jax.lax.stop_gradient(w) if label == FROZEN else w, labels, p)
-            return model.apply({"params": p}, x, **cond).sum()
-        return jax.tree_util.tree_leaves(jax.vjp(forward, p, x)[1])
-
-    def total(b: int) -> int:
-        cond = dummy_inputs(model, b)
-        if "text" in cond:
-            cond["text"] = jnp.zeros((b, text_len, model.text_dim), jnp.float32)
-        x = cond.pop("x")
-        leaves = jax.eval_shape(residuals, params, x, cond)
-        return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
-
-    return (total(2) - total(1)) * batch
 
 
 def machine() -> dict:
@@ -383,6 +223,17 @@ def emit_result(result: dict) -> None:
     JSON line on stdout."""
     print(RESULT_MARK + json.dumps({**result, "compile_cache": dict(_cache_stats)}, default=str),
           flush=True)
+
+
+def serve_worker(args, workers: dict) -> bool:
+    """In a --worker process: runs workers[--worker] on the --case JSON with the compilation
+    cache on and prints its result (`emit_result`); True. In the driver: hands --compile-cache
+    on to the workers; False."""
+    use_compile_cache(args)
+    if not args.worker:
+        return False
+    emit_result(workers[args.worker](json.loads(args.case)))
+    return True
 
 
 def worker_pythonpath() -> str:
