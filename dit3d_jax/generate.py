@@ -78,7 +78,7 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     (its forward_with_cfg guides 3 of the 4 latent channels).
     dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
     "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
-    and the sampler's state float32.
+    and the sampler's state float32 (sample()'s `state_dtype`).
     Returns (N, F, H, W, C) for DiT3D or (N, H, W, C) for DiT, float32 in the data's range, with
     N = num · max(len(prompts), len(labels), 1), rows grouped by condition.
     """

@@ -1,8 +1,8 @@
 """Rectified flow / flow matching with a linear path.
 
-x_t = t * x1 + (1 - t) * x0,  x0 ~ N(0, I) noise, x1 the data, t in [0, 1];
-the model regresses the velocity v = dx_t/dt = x1 - x0. Sampling integrates dx/dt = v(x, t) from
-t = 0 (noise) to t = 1 (data). The model is called with t_model = time_scale * t (1000 * t), so
+x_t = t * x0 + (1 - t) * noise,  x0 the data (named as in GaussianDiffusion), noise ~ N(0, I),
+t in [0, 1]; the model regresses the velocity v = dx_t/dt = x0 - noise. Sampling integrates
+dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data). The model is called with t_model = time_scale * t (1000 * t), so
 DiT's timestep embedder sees its usual range. A model that returns 2C channels (learned sigma)
 has only its first C channels used.
 
@@ -49,15 +49,15 @@ class RectifiedFlow:
         t = jnp.asarray(t, x.dtype)
         return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
 
-    def interpolate(self, noise, x1, t):
-        """x_t = t x1 + (1 - t) noise. noise, x1 (B, ...), t (B,) in [0, 1]."""
-        tb = self._bcast(t, x1)
-        return tb * x1 + (1.0 - tb) * noise
+    def interpolate(self, x0, noise, t):
+        """x_t = t x0 + (1 - t) noise. x0 (data), noise (B, ...), t (B,) in [0, 1]."""
+        tb = self._bcast(t, x0)
+        return tb * x0 + (1.0 - tb) * noise
 
     @staticmethod
-    def target(noise, x1):
-        """The velocity the model regresses: x1 - noise."""
-        return x1 - noise
+    def target(x0, noise):
+        """The velocity the model regresses: x0 - noise."""
+        return x0 - noise
 
     def model_timesteps(self, t):
         """t (B,) in [0, 1] -> the timesteps the model sees, time_scale * t."""
@@ -88,27 +88,27 @@ class RectifiedFlow:
         """The training objective (interfaces.md).
 
         model_fn(x_t (B, ..., C), t_model (B,) float in [0, time_scale]) -> (B, ..., C or 2C).
-        x0 (B, ..., C) clean data (x1 of the path); rng a PRNG key; t_bins (B,) int in
+        x0 (B, ..., C) clean data (the path's end at t = 1); rng a PRNG key; t_bins (B,) int in
         [0, num_bins) or None. Returns (per-sample MSE (B,), {"t_bins", "mse", "vb" (zeros)}).
         """
-        x1 = jnp.asarray(x0)
-        if x1.ndim < 2:
-            raise ValueError(f"x0: expected (B, ..., C) with at least 2 dims, got shape {x1.shape}")
-        if not jnp.issubdtype(x1.dtype, jnp.floating):
-            raise TypeError(f"x0: expected a floating dtype, got {x1.dtype}")
-        x1 = x1.astype(jnp.promote_types(x1.dtype, jnp.float32))
-        B = x1.shape[0]
+        x0 = jnp.asarray(x0)
+        if x0.ndim < 2:
+            raise ValueError(f"x0: expected (B, ..., C) with at least 2 dims, got shape {x0.shape}")
+        if not jnp.issubdtype(x0.dtype, jnp.floating):
+            raise TypeError(f"x0: expected a floating dtype, got {x0.dtype}")
+        x0 = x0.astype(jnp.promote_types(x0.dtype, jnp.float32))
+        B = x0.shape[0]
         if t_bins is not None:
             t_bins = jnp.asarray(t_bins)
             if t_bins.shape != (B,) or not jnp.issubdtype(t_bins.dtype, jnp.integer):
                 raise ValueError(f"t_bins: expected int (B,)=({B},), got {t_bins.dtype} "
                                  f"{t_bins.shape}")
         rng_t, rng_noise = jax.random.split(rng)
-        t = self.sample_t(rng_t, B, x1.dtype, t_bins)
-        noise = jax.random.normal(rng_noise, x1.shape, x1.dtype)
-        x_t = self.interpolate(noise, x1, t)
+        t = self.sample_t(rng_t, B, x0.dtype, t_bins)
+        noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
+        x_t = self.interpolate(x0, noise, t)
         v = self.velocity(jnp.asarray(model_fn(x_t, self.model_timesteps(t))), x_t)
-        mse = jnp.mean((self.target(noise, x1) - v) ** 2, axis=tuple(range(1, x1.ndim)))
+        mse = jnp.mean((self.target(x0, noise) - v) ** 2, axis=tuple(range(1, x0.ndim)))
         if t_bins is None:
             t_bins = jnp.clip(jnp.floor(t * self.num_bins), 0, self.num_bins - 1)
         return mse, {"t_bins": t_bins.astype(jnp.int32), "mse": mse, "vb": jnp.zeros_like(mse)}

@@ -360,7 +360,7 @@ class GaussianDiffusion:
         nll = _mean_flat(nll) / math.log(2.0)
         return jnp.where(t == 0, nll, kl)
 
-    def losses(self, model_out, x0, x_t, t, noise):
+    def loss_terms(self, model_out, x0, x_t, t, noise):
         """Per-sample loss terms for one forward pass.
 
         model_out (B, ..., C or 2C) at (x_t, t); x0, noise (B, ..., C); t (B,) int.
@@ -403,7 +403,7 @@ class GaussianDiffusion:
         noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         model_out = model_fn(x_t, self.model_timesteps(t, x0.dtype))
-        loss, mse, vb = self.losses(model_out, x0, x_t, t, noise)
+        loss, mse, vb = self.loss_terms(model_out, x0, x_t, t, noise)
         return loss, {"t_bins": t, "mse": mse, "vb": vb}
 
 

@@ -128,9 +128,9 @@ def _velocity(model, flow, x, t):
     return flow.velocity(model(x, t_model), x)
 
 
-def euler_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
+def euler_loop(model: ModelFn, flow: RectifiedFlow, noise, steps: int, *,
                on_step: StepFn = _no_progress):
-    """Euler on dx/dt = v(x, t) from t = 0 (noise x0 (B, ..., C)) to t = 1 in equal steps."""
+    """Euler on dx/dt = v(x, t) from t = 0 (noise (B, ..., C)) to t = 1 (the data x0)."""
     dt = 1.0 / steps
 
     def body(k, x):
@@ -138,10 +138,10 @@ def euler_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
         on_step(k)
         return x + dt * _velocity(model, flow, x, t)
 
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return jax.lax.fori_loop(0, steps, body, noise)
 
 
-def heun_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
+def heun_loop(model: ModelFn, flow: RectifiedFlow, noise, steps: int, *,
               on_step: StepFn = _no_progress):
     """Heun (explicit trapezoid, 2 model evaluations per step) from t = 0 to t = 1."""
     dt = 1.0 / steps
@@ -153,7 +153,7 @@ def heun_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
         on_step(k)
         return x + 0.5 * dt * (v1 + v2)
 
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return jax.lax.fori_loop(0, steps, body, noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def _check_cond(cond, batch):
 
 @functools.lru_cache(maxsize=16)
 def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, guidance_channels,
-                   clip_denoised, dtype, progress):
+                   clip_denoised, state_dtype, progress):
     """-> (jitted run(params, cond, rng), number of steps); cached so repeated sample() calls
     with the same apply_fn, objective and settings compile once."""
     C = shape[-1]
@@ -235,7 +235,7 @@ def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, g
         model = guided_model(apply_fn, params, cond, channels=C, cfg_scale=cfg_scale,
                              guidance_channels=guidance_channels)
         rng_init, rng_loop = jax.random.split(rng)
-        x = jax.random.normal(rng_init, shape, dtype)
+        x = jax.random.normal(rng_init, shape, state_dtype)
         if sampler == "ddpm":
             return ddpm_loop(model, diffusion, x, rng_loop, clip_denoised=clip_denoised,
                              on_step=on_step)
@@ -252,7 +252,7 @@ def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, g
 def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: str = "ddpm",
            steps: int = 250, cfg_scale: float = 1.0, eta: float = 0.0, progress: bool = True,
            guidance_channels: int | None = None, clip_denoised: bool = False,
-           dtype=jnp.float32):
+           state_dtype=jnp.float32):
     """Draw samples of `shape` (B, ..., C) from a trained model.
 
     apply_fn(params, x, t, **cond) -> (B', ..., C or 2C); cond: dict of per-row kwargs (y, text,
@@ -260,7 +260,9 @@ def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: 
     with eta; `steps` respaces it, "N" resp. "ddimN" spacing) or RectifiedFlow ('euler', 'heun';
     `steps` integration steps). cfg_scale != 1: batched CFG, one call on 2B rows per model
     evaluation; guidance_channels=3 reproduces DiT's guidance of the first 3 channels only.
-    progress: show a tqdm bar on stderr fed from inside the loop. Returns x (shape), dtype.
+    progress: show a tqdm bar on stderr fed from inside the loop. state_dtype: the dtype of the
+    sampler's x from the start noise on (the model computes in its own dtype; generate()'s
+    `dtype`). Returns x (shape), state_dtype.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {tuple(SAMPLERS)}, got {sampler!r}")
@@ -282,7 +284,8 @@ def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: 
     cfg_scale = float(cfg_scale)
 
     run, n_steps = _compiled_loop(apply_fn, objective, shape, sampler, int(steps), cfg_scale,
-                                  float(eta), guidance_channels, clip_denoised, dtype, progress)
+                                  float(eta), guidance_channels, clip_denoised, state_dtype,
+                                  progress)
     bar = _Progress(n_steps, f"{sampler} x{shape[0]}") if progress else None
     try:
         x = run(params, cond, rng)
