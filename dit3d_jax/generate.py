@@ -18,6 +18,7 @@ import numpy as np
 
 from dit3d_jax.diffusion import sample
 from dit3d_jax.diffusion.flow import RectifiedFlow
+from dit3d_jax.diffusion.gaussian import GaussianDiffusion
 from dit3d_jax.diffusion.samplers import SAMPLERS
 from dit3d_jax.models import DiT3D
 from dit3d_jax.models.dit import DiT
@@ -46,8 +47,8 @@ def sample_settings(run_config: Optional[Any], sampler: Optional[str] = None,
         chosen, objective = run_config.sample, run_config.objective.get("name", "gaussian")
     sampler = sampler or chosen.get("sampler", "heun" if objective == "flow" else "ddpm")
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r}: expected one of {tuple(SAMPLERS)}")
-    if (SAMPLERS[sampler] is RectifiedFlow) != (objective == "flow"):
+        raise ValueError(f"sampler {sampler!r}: expected one of {SAMPLERS}")
+    if sampler not in (RectifiedFlow if objective == "flow" else GaussianDiffusion).samplers:
         raise ValueError(f"sampler {sampler!r} does not fit the {objective} objective")
     steps = steps if steps is not None else chosen.get("steps", 250)
     if steps <= 0:

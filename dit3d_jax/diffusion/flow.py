@@ -2,9 +2,9 @@
 
 x_t = t * x0 + (1 - t) * noise,  x0 the data (named as in GaussianDiffusion), noise ~ N(0, I),
 t in [0, 1]; the model regresses the velocity v = dx_t/dt = x0 - noise. Sampling integrates
-dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data). The model is called with t_model = time_scale * t (1000 * t), so
-DiT's timestep embedder sees its usual range. A model that returns 2C channels (learned sigma)
-has only its first C channels used.
+dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data). The model is called with
+t_model = time_scale * t (1000 * t), so DiT's timestep embedder sees its usual range. A model
+that returns 2C channels (learned sigma) has only its first C channels used.
 
 Layout is channels-last: x is (B, ..., C).
 """
@@ -26,7 +26,10 @@ class RectifiedFlow:
     num_bins: number of t bins for the importance sampler (bin b covers [b/T, (b+1)/T)).
     t_sampling: 'uniform' or 'logit_normal' (t = sigmoid(N(ln_mean, ln_std^2))).
     time_scale: factor from t in [0, 1] to the timestep the model sees.
+    `samplers` names the samplers whose update rules it offers (`euler_step`, `heun_step`;
+    `dit3d_jax.diffusion.samplers` runs them).
     """
+    samplers = ("euler", "heun")   # a class attribute, not a field
     num_bins: int = 1000
     t_sampling: str = "uniform"
     ln_mean: float = 0.0
@@ -71,6 +74,29 @@ class RectifiedFlow:
             raise ValueError(f"model_out: expected shape {x.shape[:-1] + (C,)} or "
                              f"{x.shape[:-1] + (2 * C,)} for x {x.shape}, got {model_out.shape}")
         return model_out[..., :C].astype(x.dtype)
+
+    # ---- sampling: one step of each sampler ------------------------------------------------
+
+    def for_sampler(self, sampler: str, steps: int) -> tuple["RectifiedFlow", int]:
+        """(the objective `sampler` integrates, its number of steps): this flow, `steps`."""
+        del sampler
+        return self, steps
+
+    def predict_velocity(self, model: Callable, x, t):
+        """v(x, t): model(x (B, ..., C), t_model (B,)) at one time t in [0, 1] -> (B, ..., C)."""
+        t_model = jnp.full((x.shape[0],), self.model_timesteps(t), x.dtype)
+        return self.velocity(model(x, t_model), x)
+
+    def euler_step(self, model: Callable, x, t, dt):
+        """Euler on dx/dt = v(x, t): x + dt·v(x, t). x (B, ..., C); t, dt scalars."""
+        return x + dt * self.predict_velocity(model, x, t)
+
+    def heun_step(self, model: Callable, x, t, dt):
+        """Heun (explicit trapezoid, 2 model evaluations):
+        x + dt/2·(v(x, t) + v(x + dt·v(x, t), t + dt)). x (B, ..., C); t, dt scalars."""
+        v1 = self.predict_velocity(model, x, t)
+        v2 = self.predict_velocity(model, x + dt * v1, t + dt)
+        return x + 0.5 * dt * (v1 + v2)
 
     # ---- training --------------------------------------------------------------------------
 

@@ -81,3 +81,16 @@ def test_gaussian_objective_refuses_a_t_sampling_it_would_ignore():
         make_objective({"name": "gaussian", "t_sampling": "logit_normal"}, learn_sigma=True)
     assert make_objective({"name": "flow", "t_sampling": "logit_normal"},
                           learn_sigma=True).t_sampling == "logit_normal"
+
+
+def test_euler_and_heun_steps_follow_their_formulas():
+    """dx/dt = v with the model v(x, t_model) = x + t_model / 1000 (t in [0, 1])."""
+    flow = RectifiedFlow()
+    assert flow.samplers == ("euler", "heun") and flow.for_sampler("heun", 7) == (flow, 7)
+    model = lambda x, t_model: x + (t_model / 1000.0)[:, None]
+    x, t, dt = jnp.array([[0.5, -1.0]]), 0.25, 0.125
+    np.testing.assert_allclose(flow.euler_step(model, x, t, dt), x + dt * (x + t), rtol=1e-6)
+    v1 = x + t
+    v2 = (x + dt * v1) + (t + dt)
+    np.testing.assert_allclose(flow.heun_step(model, x, t, dt), x + 0.5 * dt * (v1 + v2),
+                               rtol=1e-6)
