@@ -3,87 +3,109 @@
     python bench/caption_accuracy.py --config configs/shapes_demo.py --workdir runs/demo
     python bench/caption_accuracy.py --config configs/shapes_demo.py:size=gpu --workdir runs/acc_big
 
-Trains `--config` in `--workdir` (resuming; skipped with --notrain), then samples `--num` videos
-for each held-out caption and for up to `--max_train_captions` training captions, and scores them
-with the analytic detector (`dit3d_jax.data.detector`): the fraction whose colour, shape and
-direction all match the prompt, and each attribute alone. Prints a table and writes
-WORKDIR/caption_accuracy.json.
+Trains `--config` (with `--config.NAME=VALUE` overrides, as train.py) in `--workdir` (resuming;
+skipped with --no-train), then samples `--num` videos for each held-out caption and for up to
+`--max-train-captions` training captions, and scores them with the analytic detector
+(`dit3d_jax.data.detector`): the fraction whose colour, shape and direction all match the
+prompt, and each attribute alone. Prints a table and writes WORKDIR/caption_accuracy.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/shapes_demo.py", "Training config.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (trained here, or already trained).")
-flags.DEFINE_bool("train", True, "Train (or resume) before scoring.")
-flags.DEFINE_integer("num", 2, "Samples per caption.")
-flags.DEFINE_integer("max_train_captions", 24, "Training captions scored (evenly spaced).")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_float("cfg_scale", None, "Default: the config's.")
-flags.DEFINE_integer("sample_steps", None, "Default: the config's.")
-flags.DEFINE_string("compile_cache", None, "Persistent compilation cache directory, or 'off' "
-                    "(default: $DIT3D_JAX_CACHE, else ~/.cache/dit3d_jax/jax_cache).")
-flags.mark_flags_as_required(["workdir"])
+from dit3d_jax.utils import compile_cache
+from dit3d_jax.utils.cli import ArgumentParser, UsageError, run
 
 
-def score(model, params, config, captions, encoder, seed):
-    """-> (accuracy dict, seconds) for `FLAGS.num` samples of each caption."""
+def parse_args(argv):
+    """(flags, config): the flags and the training config (`--config` with its
+    `--config.NAME=VALUE` overrides, as train.py reads them); UsageError for bad input."""
+    from dit3d_jax.train.config import ConfigError, load_config_flags, split_overrides
+    p = ArgumentParser(description=__doc__.split("\n")[0],
+                       epilog="--config.NAME=VALUE overrides any field of the config")
+    p.add_argument("--config", default="configs/shapes_demo.py",
+                   metavar="configs/NAME.py[:arg]", help="training config")
+    p.add_argument("--workdir", required=True, help="run directory (trained here, or already "
+                   "trained)")
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
+                   help="train (or resume) before scoring")
+    p.add_argument("--num", type=int, default=2, help="samples per caption")
+    p.add_argument("--max-train-captions", type=int, default=24,
+                   help="training captions scored (evenly spaced)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the config's")
+    p.add_argument("--sample-steps", type=int, default=None, help="default: the config's")
+    p.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
+    compile_cache.add_flag(p)
+    try:
+        argv, overrides = split_overrides(argv)
+        args = p.parse_args(argv)
+        return args, load_config_flags(args.config, overrides)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+
+
+def score(model, params, config, captions, encoder, args):
+    """-> (accuracy dict, seconds) for `args.num` samples of each caption."""
     from dit3d_jax.data.detector import caption_accuracy
     from dit3d_jax.diffusion.objective import make_objective
     from dit3d_jax.generate import generate, sample_settings
     start = time.perf_counter()
     videos = generate(model, params, make_objective(config.objective, model.learn_sigma),
-                      prompts=captions, num=FLAGS.num, seed=seed, encoder=encoder,
-                      **sample_settings(config, steps=FLAGS.sample_steps,
-                                        cfg_scale=FLAGS.cfg_scale))
-    expected = [c for c in captions for _ in range(FLAGS.num)]
+                      prompts=captions, num=args.num, seed=args.seed, encoder=encoder,
+                      **sample_settings(config, steps=args.sample_steps,
+                                        cfg_scale=args.cfg_scale))
+    expected = [c for c in captions for _ in range(args.num)]
     return caption_accuracy(videos, expected), time.perf_counter() - start
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> int:
+    args, train_config = parse_args(argv)
+    from dit3d_jax.utils.logging import narrate_to_stderr
+    narrate_to_stderr()
     from dit3d_jax.data.shapes import captions as split_captions
     from dit3d_jax.generate import text_encoder_for
     from dit3d_jax.train.checkpoint import load_workdir
+    from dit3d_jax.train.config import ConfigError
     from dit3d_jax.train.loop import train_and_evaluate
-    from dit3d_jax.utils import compile_cache
 
-    compile_cache.enable(FLAGS.compile_cache)
+    compile_cache.enable(args.compile_cache)
     train_seconds = None
-    if FLAGS.train:
+    if args.train:
         start = time.perf_counter()
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        try:
+            train_and_evaluate(train_config, args.workdir)
+        except ConfigError as err:  # as train.py: its data, init_from or checkpoints
+            raise UsageError(str(err)) from err
         train_seconds = time.perf_counter() - start
-    model, params, config = load_workdir(FLAGS.workdir)
+    model, params, config = load_workdir(args.workdir)
     if config.data.name != "moving_shapes":
-        raise app.UsageError("the learning check needs a run trained on moving_shapes")
+        raise UsageError(f"--workdir {args.workdir!r}: the learning check needs a run trained "
+                         f"on moving_shapes, got data.name={config.data.name!r}")
     encoder = text_encoder_for(config)
     train_caps = list(split_captions("train", config.data.config))
-    stride = max(1, len(train_caps) // FLAGS.max_train_captions)
+    stride = max(1, len(train_caps) // args.max_train_captions)
     splits = {"heldout": list(split_captions("heldout", config.data.config)),
-              "train": train_caps[::stride][:FLAGS.max_train_captions]}
-    report = {"workdir": os.path.abspath(FLAGS.workdir), "train_seconds": train_seconds,
-              "num_steps": int(config.train.num_steps), "samples_per_caption": FLAGS.num}
+              "train": train_caps[::stride][:args.max_train_captions]}
+    report = {"workdir": os.path.abspath(args.workdir), "train_seconds": train_seconds,
+              "num_steps": int(config.train.num_steps), "samples_per_caption": args.num}
     print(f"{'split':8} {'videos':>6} {'all':>6} {'colour':>7} {'shape':>6} {'direction':>9}"
           f" {'sample s':>8}")
     for split, caps in splits.items():
-        acc, seconds = score(model, params, config, caps, encoder, FLAGS.seed)
-        report[split] = dict(acc, videos=len(caps) * FLAGS.num, sample_seconds=seconds)
-        print(f"{split:8} {len(caps) * FLAGS.num:6d} {acc['all']:6.1%} {acc['colour']:7.1%} "
+        acc, seconds = score(model, params, config, caps, encoder, args)
+        report[split] = dict(acc, videos=len(caps) * args.num, sample_seconds=seconds)
+        print(f"{split:8} {len(caps) * args.num:6d} {acc['all']:6.1%} {acc['colour']:7.1%} "
               f"{acc['shape']:6.1%} {acc['direction']:9.1%} {seconds:8.1f}")
-    path = os.path.join(FLAGS.workdir, "caption_accuracy.json")
+    path = os.path.join(args.workdir, "caption_accuracy.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(run(main))

@@ -51,8 +51,8 @@ def noise_limit_gaps(config, labels: Sequence[int], clips_per_label: int = 64,
     """The largest gap any model can have as t -> 0 (pure noise), per altered variant.
 
     There x_t carries nothing about the clip, the best flow prediction under caption c is
-    E[x1 | c] − noise, and the loss under caption c' exceeds the true caption's by
-    mean((E[x1|c] − E[x1|c'])²). Estimated unbiasedly from two independent halves (a, b) of
+    E[x0 | c] − noise, and the loss under caption c' exceeds the true caption's by
+    mean((E[x0|c] − E[x0|c'])²). Estimated unbiasedly from two independent halves (a, b) of
     `clips_per_label` fresh clips of each combination (config: a moving_shapes builder config
     or its name): mean((m_a(c) − m_a(c'))·(m_b(c) − m_b(c'))), averaged over `labels`.
     """
@@ -82,36 +82,36 @@ def per_clip_losses(model, params, objective, clips, conds: Sequence[Mapping[str
     clips (N, F, H, W, C) float in the data's range; conds: conditionings of the N clips (y
     and/or text, text_mask), all of the same shapes (one compilation). For t index i the noise is
     jax.random.normal(fold_in(key(seed), i), clips.shape, float32) for every cond, so the losses
-    are paired across conds. Flow: x_t = t·x1 + (1 − t)·noise, loss = mean squared
-    error of the velocity; gaussian: timestep round(t·(T − 1)) and the objective's `losses`.
+    are paired across conds. Flow: x_t = t·x0 + (1 − t)·noise, loss = mean squared
+    error of the velocity; gaussian: timestep round(t·(T − 1)) and the objective's `loss_terms`.
     """
     from dit3d_jax.diffusion.flow import RectifiedFlow
-    x1 = jnp.asarray(clips, jnp.float32)
-    n = x1.shape[0]
+    x0 = jnp.asarray(clips, jnp.float32)
+    n = x0.shape[0]
     flow = isinstance(objective, RectifiedFlow)
 
     @jax.jit
-    def losses(params, cond, x1, noise, t):
+    def losses(params, cond, x0, noise, t):
         if flow:
-            x_t = objective.interpolate(noise, x1, t)
+            x_t = objective.interpolate(x0, noise, t)
             out = model.apply({"params": params}, x_t, objective.model_timesteps(t), **cond)
-            err = objective.target(noise, x1) - objective.velocity(out, x_t)
-            return jnp.mean(err ** 2, axis=tuple(range(1, x1.ndim)))
-        x_t = objective.q_sample(x1, t, noise)
+            err = objective.target(x0, noise) - objective.velocity(out, x_t)
+            return jnp.mean(err ** 2, axis=tuple(range(1, x0.ndim)))
+        x_t = objective.q_sample(x0, t, noise)
         out = model.apply({"params": params}, x_t, objective.model_timesteps(t), **cond)
-        return objective.losses(out, x1, x_t, t, noise)[0]
+        return objective.loss_terms(out, x0, x_t, t, noise)[0]
 
     bad = [t for t in ts if not 0.0 <= t <= 1.0]
     if bad:
         raise ValueError(f"t: expected values in [0, 1], got {bad}")
     out = np.zeros((len(conds), len(ts), n))
     for i, t in enumerate(ts):
-        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), x1.shape,
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), x0.shape,
                                   jnp.float32)
         tt = (jnp.full((n,), t, jnp.float32) if flow else
               jnp.full((n,), round(t * (objective.num_timesteps - 1)), jnp.int32))
         for j, cond in enumerate(conds):
-            out[j, i] = np.asarray(losses(params, dict(cond), x1, noise, tt), np.float64)
+            out[j, i] = np.asarray(losses(params, dict(cond), x0, noise, tt), np.float64)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The GPU check: one command that a task lent a GPU runs first (issue 15).
+"""The GPU check: one command to run first on a machine with a GPU.
 
     bash bench/gpu_check.sh                      # one H100/H200, real sizes, < 10 minutes
     bash bench/gpu_check.sh --dry-run            # the same parts at tiny sizes on the CPU

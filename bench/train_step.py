@@ -35,7 +35,8 @@ from harness import TEXT_DIM, build_model, peak_worker  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
 
-# The GPU suite (issue 6) and the CPU stand-in (--small): same families, tiny shapes.
+# The GPU suite (docs/performance.md, "The goals") and the CPU stand-in (--small): same
+# families, tiny shapes.
 SUITE = ([dict(model="DiT-S/2", batch=256, frames=0, size=32, freeze="none")]
          + [dict(model="DiT3D-S/2", batch=b, frames=16, size=32, freeze=f)
             for b in (8, 16, 32) for f in ("none", "backbone")])

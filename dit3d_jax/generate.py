@@ -18,6 +18,7 @@ import numpy as np
 
 from dit3d_jax.diffusion import sample
 from dit3d_jax.diffusion.flow import RectifiedFlow
+from dit3d_jax.diffusion.gaussian import GaussianDiffusion
 from dit3d_jax.diffusion.samplers import SAMPLERS
 from dit3d_jax.models.dit import DiT
 from dit3d_jax.train.step import compute_dtype
@@ -45,8 +46,8 @@ def sample_settings(run_config: Optional[Any], sampler: Optional[str] = None,
         chosen, objective = run_config.sample, run_config.objective.get("name", "gaussian")
     sampler = sampler or chosen.get("sampler", "heun" if objective == "flow" else "ddpm")
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r}: expected one of {tuple(SAMPLERS)}")
-    if (SAMPLERS[sampler] is RectifiedFlow) != (objective == "flow"):
+        raise ValueError(f"sampler {sampler!r}: expected one of {SAMPLERS}")
+    if sampler not in (RectifiedFlow if objective == "flow" else GaussianDiffusion).samplers:
         raise ValueError(f"sampler {sampler!r} does not fit the {objective} objective")
     steps = steps if steps is not None else chosen.get("steps", 250)
     if steps <= 0:
@@ -77,7 +78,7 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     (its forward_with_cfg guides 3 of the 4 latent channels).
     dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
     "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
-    and the sampler's state float32.
+    and the sampler's state float32 (sample()'s `state_dtype`).
     Returns (N, *model.input_spec.shape) float32 in the data's range ((N, F, H, W, C) for a
     video model, (N, H, W, C) for an image DiT), N = num · max(len(prompts), len(labels), 1),
     rows grouped by condition.

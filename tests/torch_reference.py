@@ -1,4 +1,5 @@
-"""An independent PyTorch DiT written from the facts in shared/DESIGN.md, for parity tests.
+"""An independent PyTorch DiT written from DiT's published facts (paper, state_dict layout), for
+parity tests.
 
 Not a copy of facebookresearch/DiT: the same architecture and state_dict names, written anew with
 its own sin-cos helpers and an explicit attention. `TorchDiT.forward(x (N, C, H, W), t (N,),

@@ -1,4 +1,4 @@
-"""An independent small PyTorch ViT written from torchvision's documented layout (issue 14), for
+"""An independent small PyTorch ViT written from torchvision's documented layout, for
 parity tests of `dit3d_jax.convert.torch_vit` (torchvision itself is not installed here).
 
 Same state_dict names as torchvision's VisionTransformer: conv_proj, class_token,

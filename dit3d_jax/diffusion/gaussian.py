@@ -178,8 +178,11 @@ class GaussianDiffusion:
 
     betas: (T,) float64 betas of this chain. timestep_map: (T,) int, the original timestep of each
     step (identity unless respaced). Derived schedule arrays (alphas_cumprod, posterior_*, ...)
-    are (T,) float64 NumPy, set on construction.
+    are (T,) float64 NumPy, set on construction. `samplers` names the samplers whose update
+    rules it offers (`ddpm_step`, `ddim_step`; `dit3d_jax.diffusion.samplers` runs them).
     """
+    samplers = ("ddpm", "ddim")   # a class attribute, not a field
+
     betas: np.ndarray
     model_mean_type: str = "eps"
     model_var_type: str = "learned_range"
@@ -360,7 +363,7 @@ class GaussianDiffusion:
         nll = _mean_flat(nll) / math.log(2.0)
         return jnp.where(t == 0, nll, kl)
 
-    def losses(self, model_out, x0, x_t, t, noise):
+    def loss_terms(self, model_out, x0, x_t, t, noise):
         """Per-sample loss terms for one forward pass.
 
         model_out (B, ..., C or 2C) at (x_t, t); x0, noise (B, ..., C); t (B,) int.
@@ -403,8 +406,54 @@ class GaussianDiffusion:
         noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         model_out = model_fn(x_t, self.model_timesteps(t, x0.dtype))
-        loss, mse, vb = self.losses(model_out, x0, x_t, t, noise)
+        loss, mse, vb = self.loss_terms(model_out, x0, x_t, t, noise)
         return loss, {"t_bins": t, "mse": mse, "vb": vb}
+
+
+    # ---- sampling: one step of each sampler ------------------------------------------------
+
+    def for_sampler(self, sampler: str, steps: int) -> tuple["GaussianDiffusion", int]:
+        """(the chain `sampler` runs for `steps` steps, its length): this process respaced,
+        "ddimN" (a fixed stride) for 'ddim', "N" for 'ddpm'."""
+        spec = f"ddim{steps}" if sampler == "ddim" else str(steps)
+        try:
+            chain = self.respace(spec)
+        except ValueError as err:
+            raise ValueError(f"steps: cannot respace the {self.num_timesteps}-step process "
+                             f"to {steps} steps for sampler {sampler!r} ({err})") from None
+        return chain, chain.num_timesteps
+
+    def _reverse(self, model: Callable, x, i, clip_denoised: bool):
+        """(t (B,) = i, p_mean_variance of the model's output at (x, index i))."""
+        t = jnp.full((x.shape[0],), i, jnp.int32)
+        out = self.p_mean_variance(model(x, self.model_timesteps(t, x.dtype)), x, t,
+                                   clip_denoised=clip_denoised)
+        return t, out
+
+    def ddpm_step(self, model: Callable, x, i, noise, clip_denoised: bool = False):
+        """Ancestral step from chain index i: x_{i-1} = mean + exp(log_var / 2)·noise, with no
+        noise at i = 0. model(x, t_model (B,)) -> (B, ..., C or 2C); x, noise (B, ..., C);
+        i a (traced) int. Returns x_{i-1} (B, ..., C)."""
+        _, out = self._reverse(model, x, i, clip_denoised)
+        keep = jnp.asarray(i > 0, x.dtype)
+        return out["mean"] + keep * jnp.exp(0.5 * out["log_variance"]) * noise
+
+    def ddim_step(self, model: Callable, x, i, noise, eta: float = 0.0,
+                  clip_denoised: bool = False):
+        """DDIM step from chain index i; eta = 0 deterministic, eta = 1 ~ DDPM:
+        x_prev = sqrt(abar_prev) x0^ + sqrt(1 - abar_prev - sigma^2) eps^ + sigma noise,
+        sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev); no noise at
+        i = 0. Arguments as `ddpm_step`. Returns x_{i-1} (B, ..., C)."""
+        t, out = self._reverse(model, x, i, clip_denoised)
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        abar = self._extract(self.alphas_cumprod, t, x)
+        abar_prev = self._extract(self.alphas_cumprod_prev, t, x)
+        sigma = (eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar))
+                 * jnp.sqrt(1.0 - abar / abar_prev))
+        mean = (out["pred_xstart"] * jnp.sqrt(abar_prev)
+                + jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma ** 2, 0.0)) * eps)
+        keep = jnp.asarray(i > 0, x.dtype)
+        return mean + keep * sigma * noise
 
 
 def create_gaussian_diffusion(num_timesteps: int = 1000, schedule: str = "linear",

@@ -1,7 +1,7 @@
 """Loss-aware timestep sampling (improved-diffusion's LossSecondMomentResampler) as pure state.
 
 For each of the T timestep bins the sampler keeps the last K per-sample losses. Until every bin has
-K of them it samples uniformly; then it draws bin t with
+K of them it samples uniformly; then `draw` picks bin t with
 
     p_t ∝ sqrt(mean_k hist[t, k]²),   p = (1 − u)·p / Σp + u / T        (u = uniform_prob)
 
@@ -60,7 +60,7 @@ def probabilities(state: ImportanceState, uniform_prob: float = 0.1) -> jax.Arra
     return jnp.where(warmed_up(state), p, jnp.full((T,), 1.0 / T, jnp.float32))
 
 
-def sample(state: ImportanceState, rng: jax.Array, batch: int,
+def draw(state: ImportanceState, rng: jax.Array, batch: int,
            uniform_prob: float = 0.1) -> tuple[jax.Array, jax.Array]:
     """Draws `batch` bins -> (t (B,) int32, weights (B,) float32 = 1 / (T·p_t))."""
     if not 0.0 <= uniform_prob <= 1.0:

@@ -1,7 +1,10 @@
 """Samplers: DDPM ancestral and DDIM for GaussianDiffusion, Euler and Heun for RectifiedFlow.
 
-Each sampler is one jitted `lax.fori_loop` over its steps. A sampler drives a model function
-`model(x (B, ..., C), t_model (B,)) -> (B, ..., C or 2C)` and never knows which network it is;
+Each sampler is one jitted `lax.fori_loop` over its steps; the update rule of one step belongs
+to the objective (`ddpm_step`, `ddim_step`, `euler_step`, `heun_step`), which also lists the
+samplers it offers (`objective.samplers`) and the chain they run (`objective.for_sampler`).
+A sampler drives a model function `model(x (B, ..., C), t_model (B,)) -> (B, ..., C or 2C)`
+and never knows which network it is;
 `sample` builds that function from `apply_fn(params, x, t, **cond)` with batched classifier-free
 guidance: ONE apply_fn call per model evaluation on 2B rows (cond rows, then the same rows with
 force_drop=True), guided = uncond + s * (cond - uncond) on the eps / velocity channels.
@@ -19,8 +22,7 @@ import numpy as np
 from dit3d_jax.diffusion.flow import RectifiedFlow
 from dit3d_jax.diffusion.gaussian import GaussianDiffusion
 
-SAMPLERS = {"ddpm": GaussianDiffusion, "ddim": GaussianDiffusion,
-            "euler": RectifiedFlow, "heun": RectifiedFlow}
+SAMPLERS = GaussianDiffusion.samplers + RectifiedFlow.samplers   # each objective lists its own
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 StepFn = Callable[[jax.Array], None]
@@ -69,91 +71,65 @@ def _no_progress(k):
     del k
 
 
-def _reverse_step(model, diffusion, x, k, rng, clip_denoised):
-    """Loop step k of a reverse chain: (index N-1-k, t (B,), p_mean_variance dict, noise z)."""
-    i = diffusion.num_timesteps - 1 - k
-    t = jnp.full((x.shape[0],), i, jnp.int32)
-    out = diffusion.p_mean_variance(model(x, diffusion.model_timesteps(t, x.dtype)), x, t,
-                                    clip_denoised=clip_denoised)
-    return i, t, out, jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
+def _noise(rng, k, x):
+    """The noise of loop step k: normal draws from fold_in(rng, k), x's shape and dtype."""
+    return jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
 
 
 def ddpm_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *,
               clip_denoised: bool = False, on_step: StepFn = _no_progress):
     """Ancestral sampling through every step of `diffusion` (respace it first for fewer steps).
 
-    x_T (B, ..., C) start noise; step k (k = 0..N-1) goes from index N-1-k with noise drawn from
-    fold_in(rng, k); no noise is added at index 0. Returns x_0 (B, ..., C).
+    x_T (B, ..., C) start noise; step k (k = 0..N-1) runs `diffusion.ddpm_step` from index
+    N-1-k with noise drawn from fold_in(rng, k). Returns x_0 (B, ..., C).
     """
     N = diffusion.num_timesteps
 
     def body(k, x):
-        i, t, out, noise = _reverse_step(model, diffusion, x, k, rng, clip_denoised)
-        keep = (i > 0).astype(x.dtype)
         on_step(k)
-        return out["mean"] + keep * jnp.exp(0.5 * out["log_variance"]) * noise
+        return diffusion.ddpm_step(model, x, N - 1 - k, _noise(rng, k, x),
+                                   clip_denoised=clip_denoised)
 
     return jax.lax.fori_loop(0, N, body, x_T)
 
 
 def ddim_loop(model: ModelFn, diffusion: GaussianDiffusion, x_T, rng, *, eta: float = 0.0,
               clip_denoised: bool = False, on_step: StepFn = _no_progress):
-    """DDIM through every step of `diffusion`; eta = 0 deterministic, eta = 1 ~ DDPM.
-
-    x_prev = sqrt(abar_prev) x0^ + sqrt(1 - abar_prev - sigma^2) eps^ + sigma z,
-    sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev); z from
-    fold_in(rng, k) at step k; no noise at index 0. Returns x_0 (B, ..., C).
-    """
+    """DDIM through every step of `diffusion` (`diffusion.ddim_step`); eta = 0 deterministic,
+    eta = 1 ~ DDPM; noise from fold_in(rng, k) at step k. Returns x_0 (B, ..., C)."""
     N = diffusion.num_timesteps
 
     def body(k, x):
-        i, t, out, noise = _reverse_step(model, diffusion, x, k, rng, clip_denoised)
-        eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
-        abar = diffusion._extract(diffusion.alphas_cumprod, t, x)
-        abar_prev = diffusion._extract(diffusion.alphas_cumprod_prev, t, x)
-        sigma = (eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar))
-                 * jnp.sqrt(1.0 - abar / abar_prev))
-        mean = (out["pred_xstart"] * jnp.sqrt(abar_prev)
-                + jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma ** 2, 0.0)) * eps)
-        keep = (i > 0).astype(x.dtype)
         on_step(k)
-        return mean + keep * sigma * noise
+        return diffusion.ddim_step(model, x, N - 1 - k, _noise(rng, k, x), eta=eta,
+                                   clip_denoised=clip_denoised)
 
     return jax.lax.fori_loop(0, N, body, x_T)
 
 
-def _velocity(model, flow, x, t):
-    B = x.shape[0]
-    t_model = jnp.full((B,), flow.model_timesteps(t), x.dtype)
-    return flow.velocity(model(x, t_model), x)
-
-
-def euler_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
+def euler_loop(model: ModelFn, flow: RectifiedFlow, noise, steps: int, *,
                on_step: StepFn = _no_progress):
-    """Euler on dx/dt = v(x, t) from t = 0 (noise x0 (B, ..., C)) to t = 1 in equal steps."""
+    """`flow.euler_step` from t = 0 (noise (B, ..., C)) to t = 1 (the data x0) in equal
+    steps."""
     dt = 1.0 / steps
 
     def body(k, x):
-        t = k.astype(x.dtype) * dt
         on_step(k)
-        return x + dt * _velocity(model, flow, x, t)
+        return flow.euler_step(model, x, k.astype(x.dtype) * dt, dt)
 
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return jax.lax.fori_loop(0, steps, body, noise)
 
 
-def heun_loop(model: ModelFn, flow: RectifiedFlow, x0, steps: int, *,
+def heun_loop(model: ModelFn, flow: RectifiedFlow, noise, steps: int, *,
               on_step: StepFn = _no_progress):
-    """Heun (explicit trapezoid, 2 model evaluations per step) from t = 0 to t = 1."""
+    """`flow.heun_step` (2 model evaluations per step) from t = 0 (noise) to t = 1."""
     dt = 1.0 / steps
 
     def body(k, x):
-        t = k.astype(x.dtype) * dt
-        v1 = _velocity(model, flow, x, t)
-        v2 = _velocity(model, flow, x + dt * v1, t + dt)
         on_step(k)
-        return x + 0.5 * dt * (v1 + v2)
+        return flow.heun_step(model, x, k.astype(x.dtype) * dt, dt)
 
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return jax.lax.fori_loop(0, steps, body, noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,36 +191,27 @@ def _check_cond(cond, batch):
 
 @functools.lru_cache(maxsize=16)
 def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, guidance_channels,
-                   clip_denoised, dtype, progress):
+                   clip_denoised, state_dtype, progress):
     """-> (jitted run(params, cond, rng), number of steps); cached so repeated sample() calls
     with the same apply_fn, objective and settings compile once."""
     C = shape[-1]
     on_step = _on_step if progress else _no_progress
-    if sampler in ("ddpm", "ddim"):
-        spec = f"ddim{steps}" if sampler == "ddim" else str(steps)
-        try:
-            diffusion = objective.respace(spec)
-        except ValueError as err:
-            raise ValueError(f"steps: cannot respace the {objective.num_timesteps}-step process "
-                             f"to {steps} steps for sampler {sampler!r} ({err})") from None
-        n_steps = diffusion.num_timesteps
-    else:
-        n_steps = steps
+    chain, n_steps = objective.for_sampler(sampler, steps)
 
     def run(params, cond, rng):
         model = guided_model(apply_fn, params, cond, channels=C, cfg_scale=cfg_scale,
                              guidance_channels=guidance_channels)
         rng_init, rng_loop = jax.random.split(rng)
-        x = jax.random.normal(rng_init, shape, dtype)
+        x = jax.random.normal(rng_init, shape, state_dtype)
         if sampler == "ddpm":
-            return ddpm_loop(model, diffusion, x, rng_loop, clip_denoised=clip_denoised,
+            return ddpm_loop(model, chain, x, rng_loop, clip_denoised=clip_denoised,
                              on_step=on_step)
         if sampler == "ddim":
-            return ddim_loop(model, diffusion, x, rng_loop, eta=eta,
-                             clip_denoised=clip_denoised, on_step=on_step)
+            return ddim_loop(model, chain, x, rng_loop, eta=eta, clip_denoised=clip_denoised,
+                             on_step=on_step)
         if sampler == "euler":
-            return euler_loop(model, objective, x, n_steps, on_step=on_step)
-        return heun_loop(model, objective, x, n_steps, on_step=on_step)
+            return euler_loop(model, chain, x, n_steps, on_step=on_step)
+        return heun_loop(model, chain, x, n_steps, on_step=on_step)
 
     return jax.jit(run), n_steps
 
@@ -252,21 +219,25 @@ def _compiled_loop(apply_fn, objective, shape, sampler, steps, cfg_scale, eta, g
 def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: str = "ddpm",
            steps: int = 250, cfg_scale: float = 1.0, eta: float = 0.0, progress: bool = True,
            guidance_channels: int | None = None, clip_denoised: bool = False,
-           dtype=jnp.float32):
+           state_dtype=jnp.float32):
     """Draw samples of `shape` (B, ..., C) from a trained model.
 
     apply_fn(params, x, t, **cond) -> (B', ..., C or 2C); cond: dict of per-row kwargs (y, text,
-    text_mask) for the B rows, or None. objective: GaussianDiffusion (sampler 'ddpm', or 'ddim'
-    with eta; `steps` respaces it, "N" resp. "ddimN" spacing) or RectifiedFlow ('euler', 'heun';
-    `steps` integration steps). cfg_scale != 1: batched CFG, one call on 2B rows per model
-    evaluation; guidance_channels=3 reproduces DiT's guidance of the first 3 channels only.
-    progress: show a tqdm bar on stderr fed from inside the loop. Returns x (shape), dtype.
+    text_mask) for the B rows, or None. objective: one whose `samplers` include `sampler`:
+    GaussianDiffusion ('ddpm', or 'ddim' with eta; `steps` respaces it, "N" resp. "ddimN"
+    spacing) or RectifiedFlow ('euler', 'heun'; `steps` integration steps). cfg_scale != 1:
+    batched CFG, one call on 2B rows per model evaluation; guidance_channels=3 reproduces DiT's
+    guidance of the first 3 channels only.
+    progress: show a tqdm bar on stderr fed from inside the loop. state_dtype: the dtype of the
+    sampler's x from the start noise on (the model computes in its own dtype; generate()'s
+    `dtype`). Returns x (shape), state_dtype.
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: expected one of {tuple(SAMPLERS)}, got {sampler!r}")
-    if not isinstance(objective, SAMPLERS[sampler]):
-        raise TypeError(f"objective: sampler {sampler!r} needs a {SAMPLERS[sampler].__name__}, "
-                        f"got {type(objective).__name__}")
+        raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+    offered = getattr(objective, "samplers", ())
+    if sampler not in offered:
+        raise TypeError(f"objective: sampler {sampler!r} needs an objective that offers it; "
+                        f"{type(objective).__name__} offers {offered}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     shape = tuple(int(s) for s in shape)
@@ -282,7 +253,8 @@ def sample(apply_fn: Callable, params, shape, cond, rng, *, objective, sampler: 
     cfg_scale = float(cfg_scale)
 
     run, n_steps = _compiled_loop(apply_fn, objective, shape, sampler, int(steps), cfg_scale,
-                                  float(eta), guidance_channels, clip_denoised, dtype, progress)
+                                  float(eta), guidance_channels, clip_denoised, state_dtype,
+                                  progress)
     bar = _Progress(n_steps, f"{sampler} x{shape[0]}") if progress else None
     try:
         x = run(params, cond, rng)

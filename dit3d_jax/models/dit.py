@@ -2,8 +2,11 @@
 
 Blocks in the order the data meets them: patch embedding + fixed 2-D sin-cos positions, timestep
 and label embedders (c = t_emb + y_emb), N DiT blocks, the final adaLN layer, unpatchify.
-Parameter names follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). What starts at
-zero (adaLN modulations, the final linear) is set where each layer is declared in `layers.py`.
+Parameter names follow facebookresearch/DiT's state_dict (see `dit3d_jax.convert`). There is no
+one init method: each parameter gets DiT's initialiser where it is declared. In `layers.py`:
+Linear layers xavier-uniform with zero bias (`dense`), the patch conv like a Linear on its
+flattened weight, timestep MLP and label table N(0, 0.02), every adaLN modulation zero
+(`ada_ln`); here: the final linear zero (`FinalLayer`).
 The residual stream between the blocks stays float32 whatever the compute `dtype`.
 `scan_blocks=True` runs the blocks as one `nn.scan` (params stacked on a leading depth axis: one
 compiled block instead of `depth`); `remat` = "full" | "dots" recomputes activations in the

@@ -45,6 +45,8 @@ CHECKPOINT_DIR = "checkpoints"
 BAD_CHECKPOINT_DIR = "bad_checkpoints"
 MODEL_FILE = "model.json"
 CONFIG_FILE = "config.json"
+# TrainState fields that older checkpoints saved under another name: old name -> current name.
+RENAMED_FIELDS = {"sampler": "importance"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,10 +224,11 @@ class Checkpointer:
         (`restore_newest`; set_aside: see there). abstract_state: a pytree of
         jax.ShapeDtypeStruct with `sharding` set; every array is read onto that sharding."""
         def read(at: int) -> tuple[Any, Any]:
-            self._check_fits(at, abstract_state)
+            target, rebuild = self._as_saved(at, abstract_state)
+            self._check_fits(at, target)
             out = self._manager.restore(at, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
-            return out["state"], out["data"]
+                state=ocp.args.StandardRestore(target), data=DataStateRestore()))
+            return rebuild(out["state"]), out["data"]
 
         if step is not None:
             return read(step)
@@ -235,14 +238,14 @@ class Checkpointer:
         """One field of the saved TrainState (e.g. "ema_params"), read alone (partial restore),
         of `step` or of the newest checkpoint that restores. abstract: ShapeDtypeStructs with
         shardings for that field."""
-        target = {name: abstract}
-
         def read(at: int) -> Any:
-            self._check_fits(at, target, name)
+            saved = self._old_names(at).get(name, name)
+            target = {saved: abstract}
+            self._check_fits(at, target, saved)
             out = self._manager.restore(at, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True)))
-            return out["state"][name]
+            return out["state"][saved]
 
         if step is not None:
             return read(step)
@@ -287,11 +290,32 @@ class Checkpointer:
         self._durable = step
         return step, out
 
+    def _saved_arrays(self, step: int) -> dict:
+        """{"field.sub.leaf": metadata with .shape} of the state saved at `step`."""
+        path = epath.Path(self.step_dir(step)) / "state"
+        return ocp.tree.to_flat_dict(ocp.PyTreeCheckpointHandler().metadata(path), sep=".")
+
+    def _old_names(self, step: int) -> dict[str, str]:
+        """{current name: old name} for the RENAMED_FIELDS that `step` saved under the old name."""
+        saved = {key.split(".", 1)[0] for key in self._saved_arrays(step)}
+        return {new: old for old, new in RENAMED_FIELDS.items()
+                if old in saved and new not in saved}
+
+    def _as_saved(self, step: int, target: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """(target laid out as `step` saved it, a function putting what was read back into
+        target's own type). A TrainState whose checkpoint names a field by its old name
+        (RENAMED_FIELDS) is read as a dict of its fields under the saved names."""
+        old = self._old_names(step) if dataclasses.is_dataclass(target) else {}
+        names = [f.name for f in dataclasses.fields(target)] if old else []
+        if not set(old) & set(names):
+            return target, lambda tree: tree
+        saved = {old.get(name, name): getattr(target, name) for name in names}
+        return saved, lambda tree: type(target)(**{n: tree[old.get(n, n)] for n in names})
+
     def _check_fits(self, step: int, target: Any, field: Optional[str] = None) -> None:
         """CheckpointError when the arrays saved at `step` (only those under `field`, when
         given) differ in names or shapes from `target`: written for another model or config."""
-        path = epath.Path(self.step_dir(step)) / "state"
-        saved = ocp.tree.to_flat_dict(ocp.PyTreeCheckpointHandler().metadata(path), sep=".")
+        saved = self._saved_arrays(step)
         want = ocp.tree.to_flat_dict(target, sep=".")
         if field is not None:
             saved = {k: v for k, v in saved.items() if k == field or k.startswith(field + ".")}

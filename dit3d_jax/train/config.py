@@ -1,8 +1,10 @@
 """The training configuration: every field and its default (configs/*.py start from here), the
-parser of a config file's named variants, and a configs/*.py file loaded in-process with
-overrides, as train.py's --config flag loads it.
+parser of a config file's named variants, and a configs/*.py file loaded with overrides,
+in-process or from an entry point's command line.
 
     config = load_config_file("configs/shapes_demo.py:size=gpu", {"train.num_steps": 20})
+    argv, overrides = split_overrides(argv)           # an entry point: argparse reads argv
+    config = load_config_flags(args.config, overrides)
 
 Kept apart from the step so that the models, diffusion and the pure train step import without
 ml_collections (a benchmark on a bare accelerator image needs no extra wheels for them).
@@ -128,15 +130,75 @@ def load_config_file(path: str, overrides: Mapping[str, Any] | Sequence[str] = (
     if not os.path.isfile(file):
         raise FileNotFoundError(f"load_config_file: path {path!r}: no file {file!r}")
     try:
+        config = _read_config_file(path)
+    except ConfigError as err:
+        raise ConfigError(f"config {path!r}: {err}") from None
+    return _override(config, overrides)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(argv without its config overrides, the overrides as "NAME=VALUE" strings in order): an
+    entry point's `--config.NAME=VALUE` and `--config.NAME VALUE` arguments, which argparse
+    cannot declare (the names are the config's). ConfigError for a trailing `--config.NAME`
+    without its value."""
+    rest, overrides = [], []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            continue
+        name, equals, value = arg[len("--config."):].partition("=")
+        if not equals:
+            value = next(args, None)
+            if value is None:
+                raise ConfigError(f"{arg}: expected a value (--config.NAME=VALUE)")
+        overrides.append(f"{name}={value}")
+    return rest, overrides
+
+
+def load_config_flags(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """load_config_file(path, overrides) for an entry point's `--config path` and its
+    `--config.NAME=VALUE` overrides (`split_overrides`), with errors worded for the command
+    line: a ConfigError naming the flag for a missing file, a variant the file does not take,
+    an override naming no field of the config (with ml_collections' "Did you mean") or a value
+    of another type."""
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        raise ConfigError(f"--config {path!r}: expected a configs/NAME.py file, found no file "
+                          f"{file!r}")
+    try:
+        config = _read_config_file(path)
+    except ConfigError as err:
+        raise ConfigError(f"--config {path!r}: {err}") from None
+    for item in overrides:
+        name = item.partition("=")[0]
+        try:
+            config_path.get_type(name, config)
+        except (KeyError, AttributeError) as err:
+            raise ConfigError(f"a --config override names no field of the config "
+                              f"(--config.{item}): {unknown_field_message(err)}") from None
+    return _override(config, overrides)
+
+
+def _read_config_file(path: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of "configs/NAME.py[:arg]", locked, read by ml_collections' config_flags
+    code; ConfigError (the cause alone) for an argument the file does not take."""
+    try:
         config = _parse_config_flag(config_flags.DEFINE_config_file, None, [f"--config={path}"])
     except flags.Error as err:
         cause = config_error_in(err)
         if cause is None:
             raise
-        raise ConfigError(f"config {path!r}: {cause}") from None
+        raise cause from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise TypeError(f"load_config_file: path {path!r}: get_config() returned "
                         f"{type(config).__name__}, expected an ml_collections.ConfigDict")
+    return config
+
+
+def _override(config: ml_collections.ConfigDict,
+              overrides: Mapping[str, Any] | Sequence[str]) -> ml_collections.ConfigDict:
+    """config with `overrides` (load_config_file's) applied in order."""
     if isinstance(overrides, Mapping):
         for name, value in overrides.items():
             field_type = _field_type(config, name)

@@ -126,11 +126,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def batch_divisor(mesh: Mesh) -> int:
-    """The global batch must be a multiple of this (devices on the batch axes)."""
-    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-
-
 def shard_batch(mesh: Mesh, host_batch: Mapping[str, Any]) -> dict:
     """This process's slice of the batch (dict of NumPy arrays) -> dict of global jax.Arrays.
 

@@ -26,13 +26,15 @@ from dit3d_jax.train.sharding import param_shardings, replicated
 
 class TrainState(flax.struct.PyTreeNode):
     """step: int32 (); params, ema_params: float32 param trees; opt_state: optax state;
-    sampler: importance.ImportanceState; rng: uint32 (2,) raw PRNG key data; skipped: int32 ()
-    count of steps dropped by the NaN guard."""
+    importance: importance.ImportanceState (the timestep sampler's loss history); rng: uint32
+    (2,) raw PRNG key data; skipped: int32 () count of steps dropped by the NaN guard.
+    Checkpoints written before the field was renamed call it `sampler` (checkpoint.py reads
+    them)."""
     step: jax.Array
     params: Any
     ema_params: Any
     opt_state: Any
-    sampler: importance.ImportanceState
+    importance: importance.ImportanceState
     rng: jax.Array
     skipped: jax.Array
 
@@ -98,7 +100,7 @@ def create_train_state(config, model: DiT, objective, mesh: Mesh, rng: jax.Array
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree_util.tree_map(jnp.copy, params),
                           opt_state=tx.init(params),
-                          sampler=importance.init(num_bins, history),
+                          importance=importance.init(num_bins, history),
                           rng=state_key, skipped=jnp.zeros((), jnp.int32))
 
     shapes = jax.eval_shape(init, key, params)
@@ -114,7 +116,7 @@ def create_train_state(config, model: DiT, objective, mesh: Mesh, rng: jax.Array
     repl = replicated(mesh)
     opt_shard = like_params(shapes.opt_state, shapes.params, p_shard, repl)
     sharding = TrainState(step=repl, params=p_shard, ema_params=p_shard, opt_state=opt_shard,
-                          sampler=jax.tree_util.tree_map(lambda _: repl, shapes.sampler),
+                          importance=jax.tree_util.tree_map(lambda _: repl, shapes.importance),
                           rng=repl, skipped=repl)
     state = jax.jit(init, out_shardings=sharding)(key, params)
     return state, sharding

@@ -121,7 +121,7 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
         key = jax.random.fold_in(state.rng, state.step)
         key_t, key_loss, key_drop = jax.random.split(key, 3)
         if use_importance:
-            t_bins, weights = importance.sample(state.sampler, key_t, x0.shape[0], uniform_prob)
+            t_bins, weights = importance.draw(state.importance, key_t, x0.shape[0], uniform_prob)
         else:
             t_bins, weights = None, jnp.ones((x0.shape[0],), jnp.float32)
 
@@ -150,14 +150,14 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
             lambda label, e, p: e if label == optim.FROZEN else
             jnp.where(applied, decay * e + (1.0 - decay) * p, e),
             labels, state.ema_params, params)
-        sampler = importance.update(state.sampler, aux["t_bins"], per_sample)
+        history = importance.update(state.importance, aux["t_bins"], per_sample)
 
         new_state = state.replace(
             step=state.step + 1,
             params=_select(ok, params, state.params),
             ema_params=_select(ok, ema_params, state.ema_params),
             opt_state=_select(ok, opt_state, state.opt_state),
-            sampler=_select(ok, sampler, state.sampler),
+            importance=_select(ok, history, state.importance),
             skipped=state.skipped + (~ok).astype(jnp.int32))
         metrics = dict(loss=loss, mse=jnp.mean(aux["mse"]), vb=jnp.mean(aux["vb"]),
                        grad_norm=grad_norm, lr=lr, skipped=(~ok).astype(jnp.float32))

@@ -58,6 +58,22 @@ def _traceback_files(tb) -> list[str]:
     return [f.filename for f in traceback.extract_tb(tb)] if tb is not None else []
 
 
+def narrate_to_stderr() -> None:
+    """Log records at INFO and up go to stderr in absl's line format (`I1205 00:59:21.366600
+    140561357224832 loop.py:412] Creating device mesh…`), for an entry point (train.py, the
+    learning check) to show the trainer's narration. A root handler some import installed
+    (absl's first log call without app.run adds a plain one) gets that format instead of a
+    second handler beside it. Calling it again adds nothing."""
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    if not logging.root.handlers:
+        logging.root.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in logging.root.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setFormatter(absl_logging.PythonFormatter())
+    logging.root.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+
+
 def quiet_library_logs(packages: Sequence[str] = ("orbax",), *,
                        verbose: bool | None = None) -> None:
     """Hides the INFO chatter of `packages` (orbax logs every save in detail), so the trainer's

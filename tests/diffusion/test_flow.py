@@ -1,4 +1,5 @@
-"""RectifiedFlow: the regression target is v = x1 - x0 and t is drawn as specified."""
+"""RectifiedFlow: the regression target is v = x0 - noise (x0 the data) and t is drawn as
+specified."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,11 +8,11 @@ import pytest
 from dit3d_jax.diffusion.flow import RectifiedFlow, create_flow
 
 
-def _oracle(x1, extra_channels=False):
-    """Knows the data x1, so recovers v = x1 - x0 exactly from x_t = t x1 + (1 - t) x0."""
+def _oracle(x0, extra_channels=False):
+    """Knows the data x0, so recovers v = x0 - noise exactly from x_t = t x0 + (1 - t) noise."""
     def model_fn(x_t, t_model):
         t = (t_model / 1000.0).reshape((-1,) + (1,) * (x_t.ndim - 1))
-        v = (x1 - x_t) / (1.0 - t)
+        v = (x0 - x_t) / (1.0 - t)
         return jnp.concatenate([v, 1e3 * jnp.ones_like(v)], -1) if extra_channels else v
     return model_fn
 
@@ -19,16 +20,16 @@ def _oracle(x1, extra_channels=False):
 @pytest.mark.parametrize("extra_channels", [False, True])
 def test_exact_velocity_gives_zero_loss_and_wrong_target_does_not(extra_channels):
     flow = RectifiedFlow()
-    x1 = jax.random.uniform(jax.random.key(0), (64, 2, 4, 4, 3), minval=-1, maxval=1)
+    x0 = jax.random.uniform(jax.random.key(0), (64, 2, 4, 4, 3), minval=-1, maxval=1)
     t_bins = jnp.arange(0, 960, 15, dtype=jnp.int32)          # t < 0.96 keeps 1/(1-t) tame
-    loss, aux = jax.jit(lambda k: flow.loss(_oracle(x1, extra_channels), x1, k, t_bins))(
+    loss, aux = jax.jit(lambda k: flow.loss(_oracle(x0, extra_channels), x0, k, t_bins))(
         jax.random.key(1))
     assert loss.shape == (64,) and float(loss.max()) < 1e-8
     np.testing.assert_array_equal(np.asarray(aux["t_bins"]), np.asarray(t_bins))
     assert np.all(np.asarray(aux["vb"]) == 0) and np.array_equal(aux["mse"], loss)
-    # the opposite sign (x0 - x1) is far from zero: the loss measures the target, not noise
-    flipped = lambda x, t: -_oracle(x1)(x, t)
-    wrong, _ = flow.loss(flipped, x1, jax.random.key(1), t_bins)
+    # the opposite sign (noise - x0) is far from zero: the loss measures the target, not noise
+    flipped = lambda x, t: -_oracle(x0)(x, t)
+    wrong, _ = flow.loss(flipped, x0, jax.random.key(1), t_bins)
     assert float(wrong.min()) > 0.5
 
 
@@ -80,3 +81,16 @@ def test_gaussian_objective_refuses_a_t_sampling_it_would_ignore():
         make_objective({"name": "gaussian", "t_sampling": "logit_normal"}, learn_sigma=True)
     assert make_objective({"name": "flow", "t_sampling": "logit_normal"},
                           learn_sigma=True).t_sampling == "logit_normal"
+
+
+def test_euler_and_heun_steps_follow_their_formulas():
+    """dx/dt = v with the model v(x, t_model) = x + t_model / 1000 (t in [0, 1])."""
+    flow = RectifiedFlow()
+    assert flow.samplers == ("euler", "heun") and flow.for_sampler("heun", 7) == (flow, 7)
+    model = lambda x, t_model: x + (t_model / 1000.0)[:, None]
+    x, t, dt = jnp.array([[0.5, -1.0]]), 0.25, 0.125
+    np.testing.assert_allclose(flow.euler_step(model, x, t, dt), x + dt * (x + t), rtol=1e-6)
+    v1 = x + t
+    v2 = (x + dt * v1) + (t + dt)
+    np.testing.assert_allclose(flow.heun_step(model, x, t, dt), x + 0.5 * dt * (v1 + v2),
+                               rtol=1e-6)

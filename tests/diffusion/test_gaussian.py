@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dit3d_jax.diffusion.flow import RectifiedFlow
 from dit3d_jax.diffusion.gaussian import (
     GaussianDiffusion,
     create_gaussian_diffusion,
@@ -319,3 +320,17 @@ def test_model_output_channel_errors_name_model_out():
     with pytest.raises(ValueError, match="t_bins"):
         d.loss(lambda x, t: x, jnp.zeros((2, 4, 4, 3)), jax.random.key(0),
                t_bins=jnp.zeros((3,), jnp.int32))
+
+
+def test_step_rules_add_noise_except_at_index_0_and_ddim_eta_0_ignores_it():
+    d = create_gaussian_diffusion(100, learn_sigma=False)
+    assert d.samplers == ("ddpm", "ddim") and "ddpm" not in RectifiedFlow.samplers
+    model = lambda x, t: 0.3 * x + 0.01 * t[:, None]
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    a, b = jnp.zeros_like(x), jnp.ones_like(x)
+    for step in (d.ddpm_step, lambda *args: d.ddim_step(*args, eta=1.0)):
+        np.testing.assert_array_equal(step(model, x, 0, a), step(model, x, 0, b))
+        assert float(jnp.abs(step(model, x, 5, a) - step(model, x, 5, b)).min()) > 1e-3
+    np.testing.assert_array_equal(d.ddim_step(model, x, 5, a), d.ddim_step(model, x, 5, b))
+    chain, n = d.for_sampler("ddim", 5)
+    assert n == chain.num_timesteps == 5 and list(chain.timestep_map) == [0, 20, 40, 60, 80]

@@ -66,7 +66,7 @@ def test_uniform_with_unit_weights_until_every_bin_is_full():
                               jnp.array([100.0, 100.0, 1.0, 1.0, 1.0, 1.0, 1.0]))
     assert not bool(importance.warmed_up(state))
     np.testing.assert_array_equal(importance.probabilities(state, 0.1), np.full(T, 0.25))
-    _, w = importance.sample(state, jax.random.key(0), 16, 0.1)
+    _, w = importance.draw(state, jax.random.key(0), 16, 0.1)
     np.testing.assert_array_equal(w, np.ones(16))
     state = importance.update(state, jnp.array([3]), jnp.array([1.0]))
     assert bool(importance.warmed_up(state))
@@ -88,7 +88,7 @@ def planted():
 def test_larger_losses_are_drawn_more_often(planted):
     state, loss = planted
     T, n = loss.size, 40_000
-    t, w = importance.sample(state, jax.random.key(1), n, 0.1)
+    t, w = importance.draw(state, jax.random.key(1), n, 0.1)
     freq = np.bincount(np.asarray(t), minlength=T) / n
     p = 0.9 * loss / loss.sum() + 0.1 / T
     # Monte-Carlo frequencies match p within 4 standard errors, and increase with the loss.
@@ -105,7 +105,7 @@ def test_weighted_loss_is_unbiased(planted):
     # Exactly: Σ_t p_t · w_t · L_t = mean_t L_t.
     np.testing.assert_allclose(np.sum(p * w * loss), loss.mean(), rtol=1e-6)
     # By Monte-Carlo with the sampler's own draws and weights.
-    t, weights = importance.sample(state, jax.random.key(2), 100_000, 0.1)
+    t, weights = importance.draw(state, jax.random.key(2), 100_000, 0.1)
     estimate = np.mean(np.asarray(weights, np.float64) * loss[np.asarray(t)])
     assert abs(estimate - loss.mean()) < 0.01 * loss.mean()
 
@@ -114,6 +114,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="history"):
         importance.init(10, 0)
     with pytest.raises(ValueError, match="uniform_prob"):
-        importance.sample(importance.init(4, 2), jax.random.key(0), 2, 1.5)
+        importance.draw(importance.init(4, 2), jax.random.key(0), 2, 1.5)
     with pytest.raises(ValueError, match="t, losses"):
         importance.update(importance.init(4, 2), jnp.zeros((3,), jnp.int32), jnp.zeros((2,)))

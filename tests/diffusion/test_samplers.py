@@ -4,8 +4,8 @@ classifier-free guidance is batched (one model call on 2B rows per evaluation).
 Data: x ~ N(MU, S^2) independently per channel (C = 3). For x_t = a x0 + b eps with
 a = sqrt(abar_t), b = sqrt(1 - abar_t), (x_t, eps, x0) are jointly Gaussian, so
     E[eps | x_t] = b (x_t - a MU) / (a^2 S^2 + b^2),   Var[x0 | x_t] = S^2 b^2 / (a^2 S^2 + b^2);
-for the flow x_t = t x1 + (1 - t) x0 (x0 noise, x1 data) the optimal velocity is
-    E[x1 - x0 | x_t] = MU + (t S^2 - (1 - t)) (x_t - t MU) / (t^2 S^2 + (1 - t)^2).
+for the flow x_t = t x0 + (1 - t) noise (x0 data, as in training) the optimal velocity is
+    E[x0 - noise | x_t] = MU + (t S^2 - (1 - t)) (x_t - t MU) / (t^2 S^2 + (1 - t)^2).
 The oracles compute abar from their own float64 linear schedule and the original timestep they
 are called with, so a wrong timestep map breaks them.
 """

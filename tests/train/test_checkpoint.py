@@ -4,13 +4,18 @@ import os
 import subprocess
 import sys
 
+from typing import Any
+
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from dit3d_jax.diffusion import importance
 from dit3d_jax.train.checkpoint import Checkpointer, load_workdir
+from dit3d_jax.train.state import TrainState
 from child_env import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +49,41 @@ def test_round_trip_keeps_state_iterator_and_last_k(tmp_path, data_state):
         assert state[key].sharding == sharding
     data_dir = tmp_path / "checkpoints" / "3" / "data"
     assert [n for n in os.listdir(data_dir) if n.endswith(".json")] == ["process_0-of-1.json"]
+
+
+class SamplerTrainState(flax.struct.PyTreeNode):
+    """TrainState as checkpoints before the rename saved it: `importance` was `sampler`."""
+    step: Any
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    sampler: Any
+    rng: Any
+    skipped: Any
+
+
+def test_checkpoint_with_the_old_sampler_field_restores_into_importance(tmp_path):
+    sharding = NamedSharding(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("d",)),
+                             PartitionSpec())
+    history = importance.ImportanceState(history=jnp.arange(8.0).reshape(4, 2),
+                                         count=jnp.arange(4, dtype=jnp.int32))
+    fields = dict(step=jnp.int32(5), params={"w": jnp.ones((2, 3))},
+                  ema_params={"w": jnp.full((2, 3), 0.5)}, opt_state={"mu": jnp.zeros(3)},
+                  rng=jax.random.key_data(jax.random.key(1)), skipped=jnp.int32(1))
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(5, SamplerTrainState(sampler=history, **fields), {"batch": 5})
+    ckpt.wait_until_finished()
+    state, _ = ckpt.restore(_abstract(TrainState(importance=history, **fields), sharding))
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path), async_save=False)   # as load_workdir reads one field
+    ema = ckpt.restore_field("ema_params", _abstract(fields["ema_params"], sharding))
+    counts = ckpt.restore_field("importance", _abstract(history, sharding))
+    ckpt.close()
+    assert isinstance(state, TrainState) and int(state.step) == 5
+    np.testing.assert_array_equal(state.importance.history, history.history)
+    np.testing.assert_array_equal(state.importance.count, history.count)
+    np.testing.assert_array_equal(ema["w"], fields["ema_params"]["w"])
+    np.testing.assert_array_equal(counts.count, history.count)
 
 
 def test_load_workdir_names_what_is_missing(tmp_path):

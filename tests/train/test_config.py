@@ -11,7 +11,7 @@ import pytest
 
 from dit3d_jax.models import MODEL_NAMES
 from dit3d_jax.train.config import (SIZE_FIELDS, ConfigError, default_config, load_config_file,
-                                    parse_variant)
+                                    load_config_flags, parse_variant, split_overrides)
 from dit3d_jax.train.loop import model_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,3 +192,18 @@ def test_shapes_demo_size_gpu_is_the_full_size_recipe():
     assert {f: getattr(a, f) for f in a.__dataclass_fields__ if f not in ("parent", "name")} == {
         f: getattr(b, f) for f in b.__dataclass_fields__ if f not in ("parent", "name")}
     assert load_config_file(demo + ":size=cpu").to_dict() == load_config_file(demo).to_dict()
+
+
+def test_command_line_overrides_take_both_forms_and_load_as_in_process():
+    argv = ["--workdir", "w", "--config.train.num_steps", "3", "--config.seed=2", "--verbose"]
+    rest, overrides = split_overrides(argv)
+    assert rest == ["--workdir", "w", "--verbose"]
+    assert overrides == ["train.num_steps=3", "seed=2"]
+    assert load_config_flags(TINY, overrides) == load_config_file(TINY, overrides)
+    with pytest.raises(ConfigError, match=r"^--config.seed: expected a value"):
+        split_overrides(["--config.seed"])
+    with pytest.raises(ConfigError, match=r"^a --config override names no field .*\(--config."
+                                          r"trian=1\): .*Did you mean \"train\""):
+        load_config_flags(TINY, ["trian=1"])
+    with pytest.raises(ConfigError, match=r"^--config 'nope.py': expected a configs/NAME.py"):
+        load_config_flags("nope.py", [])

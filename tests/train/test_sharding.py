@@ -90,7 +90,7 @@ def main():
             assert batch["video"].sharding.spec == P(("data", "fsdp"))
             assert {s.data.shape[0] for s in batch["video"].addressable_shards} == {1}
             assert "caption" not in batch
-            assert state.sampler.history.sharding.spec == P()
+            assert state.importance.history.sharding.spec == P()
             report["kernel_shard_shape"] = sorted(shard_shapes)[0]
         results[name] = (losses, to_host(state))
 
@@ -107,9 +107,9 @@ def main():
         worst = max(worst, float(np.max(np.abs(a - b))))
         changed += not np.array_equal(a, np.asarray(p0))
     # The global batch of 8 (two steps: 16 samples) reached the importance sampler on both.
-    assert int(state_a.sampler.count.sum()) == int(state_b.sampler.count.sum()) == 16
-    np.testing.assert_array_equal(state_a.sampler.count, state_b.sampler.count)
-    np.testing.assert_allclose(state_a.sampler.history, state_b.sampler.history, rtol=RTOL)
+    assert int(state_a.importance.count.sum()) == int(state_b.importance.count.sum()) == 16
+    np.testing.assert_array_equal(state_a.importance.count, state_b.importance.count)
+    np.testing.assert_allclose(state_a.importance.history, state_b.importance.history, rtol=RTOL)
     report.update(loss_and_grad_norm_sharded=loss_a, loss_and_grad_norm_single=loss_b,
                   max_param_diff=worst, changed_leaves=changed,
                   leaves=len(jax.tree_util.tree_leaves(params)))

@@ -170,7 +170,7 @@ def test_metrics_are_float32_scalars_and_loss_is_mse_plus_vb(setup):
                                float(metrics["mse"]) + float(metrics["vb"]), rtol=1e-5)
     # mse of an ε-prediction at init is about 1 (noise variance).
     assert 0.3 < float(metrics["mse"]) < 3.0
-    assert int(state.step) == 1 and int(state.sampler.count.sum()) == B
+    assert int(state.step) == 1 and int(state.importance.count.sum()) == B
 
 
 def test_sampled_timesteps_and_weights_reach_the_loss(setup):
@@ -178,16 +178,16 @@ def test_sampled_timesteps_and_weights_reach_the_loss(setup):
     weight 1/(T·p_7) = 1/T: the step's loss is mean(mse + vb) / T and bin 7 gets the B losses."""
     s = setup
     state = s["fresh"]()
-    T, K = state.sampler.history.shape
+    T, K = state.importance.history.shape
     history = np.zeros((T, K), np.float32)
     history[7] = 1.0
     planted = importance.ImportanceState(history=history, count=np.full((T,), K, np.int32))
-    state = jax.device_put(state.replace(sampler=planted), jax.tree_util.tree_map(
+    state = jax.device_put(state.replace(importance=planted), jax.tree_util.tree_map(
         lambda x: x.sharding, state))
     state, metrics = s["step"](state, shard_batch(s["mesh"], host_batch(6)))
     np.testing.assert_allclose(float(metrics["loss"]),
                                (float(metrics["mse"]) + float(metrics["vb"])) / T, rtol=1e-5)
-    count = np.asarray(state.sampler.count)
+    count = np.asarray(state.importance.count)
     assert count[7] == K + B and np.all(np.delete(count, 7) == K)
 
 
@@ -199,11 +199,11 @@ def test_nan_batch_is_skipped_and_next_step_trains(setup):
     after = to_host(state)
     assert float(bad["skipped"]) == 1.0 and not np.isfinite(float(bad["loss"]))
     assert int(after.skipped) == 1 and int(after.step) == 2
-    for name in ("params", "ema_params", "opt_state", "sampler"):
+    for name in ("params", "ema_params", "opt_state", "importance"):
         assert_trees_equal(getattr(before, name), getattr(after, name))
     state, good = s["step"](state, shard_batch(s["mesh"], host_batch(5)))
     assert float(good["skipped"]) == 0.0 and np.isfinite(float(good["loss"]))
-    assert int(state.skipped) == 1 and int(state.sampler.count.sum()) == 2 * B
+    assert int(state.skipped) == 1 and int(state.importance.count.sum()) == 2 * B
     _, train_before = split_by_label(after.params, s["labels"], True)
     _, train_now = split_by_label(to_host(state.params), s["labels"], True)
     assert all(not np.array_equal(a, b) for a, b in zip(train_before, train_now))
