@@ -50,13 +50,19 @@ def parse_args(argv):
 
 
 def score(model, params, config, captions, encoder, args):
-    """-> (accuracy dict, seconds) for `args.num` samples of each caption."""
-    from dit3d_jax.data.detector import caption_accuracy
+    """-> (accuracy dict, seconds) for `args.num` samples of each caption (prompted with the
+    caption, or with its class label for a model without text)."""
+    from dit3d_jax.data.detector import caption_accuracy, parse_caption
+    from dit3d_jax.data.shapes import label_of
     from dit3d_jax.diffusion.objective import make_objective
     from dit3d_jax.generate import generate, sample_settings
+    if encoder is not None:
+        condition = dict(prompts=captions, encoder=encoder)
+    else:
+        condition = dict(labels=[label_of(**parse_caption(c)) for c in captions])
     start = time.perf_counter()
     videos = generate(model, params, make_objective(config.objective, model.learn_sigma),
-                      prompts=captions, num=args.num, seed=args.seed, encoder=encoder,
+                      num=args.num, seed=args.seed, **condition,
                       **sample_settings(config, steps=args.sample_steps,
                                         cfg_scale=args.cfg_scale))
     expected = [c for c in captions for _ in range(args.num)]
@@ -86,7 +92,7 @@ def main(argv) -> int:
     if config.data.name != "moving_shapes":
         raise UsageError(f"--workdir {args.workdir!r}: the learning check needs a run trained "
                          f"on moving_shapes, got data.name={config.data.name!r}")
-    encoder = text_encoder_for(config)
+    encoder = text_encoder_for(config) if model.input_spec.text_dim > 0 else None
     train_caps = list(split_captions("train", config.data.config))
     stride = max(1, len(train_caps) // args.max_train_captions)
     splits = {"heldout": list(split_captions("heldout", config.data.config)),
