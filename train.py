@@ -24,7 +24,7 @@ def parse_args(argv):
     """(flags, config): the flags and the locked config with its overrides applied; UsageError
     for a bad flag, config file, variant or override."""
     # pylint: disable=import-outside-toplevel
-    from dit3d_jax.train.config import ConfigError, load_config_flags, split_overrides
+    from dit3d_jax.train.config import parse_config_args
     p = ArgumentParser(description=__doc__.split("\n")[0],
                        epilog="--config.NAME=VALUE overrides any field of the config")
     p.add_argument("--config", required=True, metavar="configs/NAME.py[:arg]",
@@ -33,12 +33,7 @@ def parse_args(argv):
                    "tb/, config.json, model.json); re-running with it resumes")
     p.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     compile_cache.add_flag(p)
-    try:
-        argv, overrides = split_overrides(argv)
-        args = p.parse_args(argv)
-        return args, load_config_flags(args.config, overrides)
-    except ConfigError as err:
-        raise UsageError(str(err)) from err
+    return parse_config_args(p, argv)
 
 
 def main(argv) -> int:

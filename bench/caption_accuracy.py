@@ -12,19 +12,21 @@ prompt, and each attribute alone. Prints a table and writes WORKDIR/caption_accu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from dit3d_jax.utils import compile_cache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from dit3d_jax.utils.cli import ArgumentParser, UsageError, run
 
 
 def parse_args(argv):
     """(flags, config): the flags and the training config (`--config` with its
     `--config.NAME=VALUE` overrides, as train.py reads them); UsageError for bad input."""
-    from dit3d_jax.train.config import ConfigError, load_config_flags, split_overrides
+    from dit3d_jax.train.config import parse_config_args
     p = ArgumentParser(description=__doc__.split("\n")[0],
                        epilog="--config.NAME=VALUE overrides any field of the config")
     p.add_argument("--config", default="configs/shapes_demo.py",
@@ -41,12 +43,7 @@ def parse_args(argv):
     p.add_argument("--sample-steps", type=int, default=None, help="default: the config's")
     p.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     compile_cache.add_flag(p)
-    try:
-        argv, overrides = split_overrides(argv)
-        args = p.parse_args(argv)
-        return args, load_config_flags(args.config, overrides)
-    except ConfigError as err:
-        raise UsageError(str(err)) from err
+    return parse_config_args(p, argv)
 
 
 def score(model, params, config, captions, encoder, args):
@@ -106,10 +103,7 @@ def main(argv) -> int:
         report[split] = dict(acc, videos=len(caps) * args.num, sample_seconds=seconds)
         print(f"{split:8} {len(caps) * args.num:6d} {acc['all']:6.1%} {acc['colour']:7.1%} "
               f"{acc['shape']:6.1%} {acc['direction']:9.1%} {seconds:8.1f}")
-    path = os.path.join(args.workdir, "caption_accuracy.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {path}")
+    harness.write_json(os.path.join(args.workdir, "caption_accuracy.json"), report)
     return 0
 
 

@@ -21,7 +21,6 @@ of the chain (0 clean, 1 noise). Prints a table and writes WORKDIR/direction_pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -31,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit3d_jax.utils.cli import UsageError, run
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 DEFAULT_TS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 VARIANTS = ("true", "direction_reversed", "colour_swapped")
@@ -204,10 +206,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"t -> 0 ceiling (any model): direction-reversed "
               f"{result['noise_limit']['direction_reversed']:+.5f}, colour-swapped "
               f"{result['noise_limit']['colour_swapped']:+.4f}")
-    path = a.json or os.path.join(a.workdir, "direction_probe.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    harness.write_json(a.json or os.path.join(a.workdir, "direction_probe.json"), result)
     return 0
 
 

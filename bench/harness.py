@@ -163,15 +163,20 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], title: str
     return text
 
 
+def write_json(path: str, record: dict) -> None:
+    """Writes `record` to `path` (indented; folders made; non-JSON values as str) and says so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, default=str)
+    print(f"wrote {path}", flush=True)
+
+
 def finish(args, info: dict, peaks: dict, results: list[dict], table: str) -> int:
     """Writes the run (machine, matmul peaks, flags, results, table) to --json when given;
     returns the exit status: 1 when any case failed."""
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "matmul_peak": peaks, "args": vars(args),
-                       "results": results, "table": table}, f, indent=2, default=str)
-        print(f"wrote {args.json}", flush=True)
+        write_json(args.json, {"machine": info, "matmul_peak": peaks, "args": vars(args),
+                               "results": results, "table": table})
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -77,6 +77,14 @@ def clip_features(frames: int, size: int, encoding: str, **extra) -> tfds.featur
         **extra})
 
 
+def clip_info(builder: tfds.core.GeneratorBasedBuilder, description: str, encoding: str,
+              metadata: tfds.core.MetadataDict | None = None, **extra) -> tfds.core.DatasetInfo:
+    """DatasetInfo of a clip builder: `clip_features` at its config's frames and size."""
+    cfg = builder.builder_config
+    return tfds.core.DatasetInfo(builder=builder, description=description, metadata=metadata,
+                                 features=clip_features(cfg.frames, cfg.size, encoding, **extra))
+
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: labels, captions, flips
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +312,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
                          file_format=file_format, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=clip_features(cfg.frames, cfg.size, "zlib"),
-            supervised_keys=None,
-        )
+        return clip_info(self, __doc__.split("\n\n")[0], "zlib")
 
     def _split_generators(self, dl_manager):
         del dl_manager

@@ -37,7 +37,7 @@ from etils import epath
 from PIL import Image
 
 from dit3d_jax.data.caption_files import jsonl_captions, sidecar_text
-from dit3d_jax.data.shapes import clip_features, default_data_dir
+from dit3d_jax.data.shapes import clip_info, default_data_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".npy")
 
@@ -175,13 +175,8 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                          file_format=file_format, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Clips from a local video folder.",
-            features=clip_features(cfg.frames, cfg.size, "bytes", file=tfds.features.Text()),
-            metadata=tfds.core.MetadataDict(),
-        )
+        return clip_info(self, "Clips from a local video folder.", "bytes",
+                         metadata=tfds.core.MetadataDict(), file=tfds.features.Text())
 
     def _scan(self) -> list[tuple[str, str, list[int]]]:
         """(file name, caption, clip starts) of every usable video; records the skipped ones."""

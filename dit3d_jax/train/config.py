@@ -156,6 +156,19 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def parse_config_args(parser, argv: Sequence[str]) -> tuple[Any, ml_collections.ConfigDict]:
+    """An entry point's command line: (parser.parse_args of argv without its `--config.NAME=VALUE`
+    overrides, the config its `--config` names with those overrides applied). A ConfigError
+    (`load_config_flags`) becomes the UsageError that ends the run in one line, exit status 2."""
+    from dit3d_jax.utils.cli import UsageError  # pylint: disable=import-outside-toplevel
+    try:
+        argv, overrides = split_overrides(argv)
+        args = parser.parse_args(argv)
+        return args, load_config_flags(args.config, overrides)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+
+
 def load_config_flags(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """load_config_file(path, overrides) for an entry point's `--config path` and its
     `--config.NAME=VALUE` overrides (`split_overrides`), with errors worded for the command
