@@ -464,10 +464,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 window_steps.append(step)
                 window_metrics.append(metrics)
                 bar.update(step)
-                if preview is not None and preview.due(step):  # not counted in steps/s
-                    t_preview = time.perf_counter()
+                if preview is not None and preview.due(step):
                     writer.write_image("preview", preview.at(step, state.ema_params), step)
-                    t_window += time.perf_counter() - t_preview
+                    t_window += preview.seconds  # not counted in steps/s
                 log_now = step % log_every == 0 or step == num_steps
                 if log_now:
                     host = jax.device_get(window_metrics)

@@ -5,13 +5,13 @@
         writer.write_image("preview", preview.at(step, state.ema_params), step)
 
 Built once per run from config.sample: preview_num tiles, each with a fixed condition (the text
-prompts preview_prompts, else the dataset's first held-out captions, else its first training
-captions, encoded once by the run's text encoder; class labels spread over the classes) and the
-same noise (config.seed) at every call, sampled by config.sample's sampler and guidance with
-preview_steps steps through `dit3d_jax.diffusion.sample` (jitted once, then reused). Each call
-writes WORKDIR/previews/step_NNNNNN.png (one row a sample, its frames left to right, its caption
-above) and, for videos, step_NNNNNN.gif (the animated grid). Latent models show their first three
-latent channels (no VAE decode: a preview stays cheap).
+prompts preview_prompts, else held-out captions of the dataset spread over them, else its first
+training captions, encoded once by the run's text encoder; class labels spread over the classes)
+and the same noise (config.seed) at every call, sampled by config.sample's sampler and guidance
+with preview_steps steps through `dit3d_jax.diffusion.sample` (jitted once, then reused). Each
+call writes WORKDIR/previews/step_NNNNNN.png (one row a sample, its frames left to right, its
+caption above) and, for videos, step_NNNNNN.gif (the animated grid). Latent models show their
+first three latent channels (no VAE decode: a preview stays cheap).
 """
 from __future__ import annotations
 
@@ -49,27 +49,33 @@ def check_preview_fields(sample_config) -> None:
 
 
 def default_prompts(data, num: int) -> list[str]:
-    """The first `num` held-out captions of config.data's dataset, else its first training
-    captions; [] for data without captions ("random", "latent_folder")."""
+    """`num` held-out captions of config.data's dataset, evenly spaced over them (so the tiles
+    differ), else its first `num` training captions; [] for data without captions ("random",
+    "latent_folder")."""
+    heldout, train = [], []
     if data.name == "moving_shapes":
         from dit3d_jax.data import shapes  # pylint: disable=import-outside-toplevel
-        return (shapes.captions("heldout", data.config) or shapes.captions("train", data.config)
-                )[:num]
-    if data.name == "video_folder":
+        heldout, train = shapes.captions("heldout", data.config), shapes.captions("train",
+                                                                                  data.config)
+    elif data.name == "video_folder":  # a train split only
         from dit3d_jax.data.video_folder import read_captions  # pylint: disable=import-outside-toplevel
         by_file = read_captions(data.path)
-        return list(dict.fromkeys(by_file[name] for name in sorted(by_file)))[:num]
-    if data.name == "latents":
+        train = list(dict.fromkeys(by_file[name] for name in sorted(by_file)))
+    elif data.name == "latents":
         from dit3d_jax.data.latents import read_metadata  # pylint: disable=import-outside-toplevel
         splits = read_metadata(data.path)["caption_labels"]
-        return list(splits.get("heldout") or splits["train"])[:num]
-    return []
+        heldout, train = list(splits.get("heldout", ())), list(splits["train"])
+    if heldout:
+        return [heldout[i * len(heldout) // num] for i in range(min(num, len(heldout)))]
+    return train[:num]
 
 
 class Preview:
     """The fixed conditions, noise and sampler of a run's previews (see the module docstring).
 
     captions: one per tile, what it was conditioned on. shape: (N, F, H, W, C) or (N, H, W, C).
+    seconds: how long the last `at` took, from the moment `params` were ready (the train steps
+    queued before it not counted).
     """
 
     def __init__(self, config, model: DiT, objective: Any, workdir: str, *,
@@ -97,6 +103,7 @@ class Preview:
         self._apply_fn = model_apply_fn(model.clone(dtype=compute_dtype(config.compute_dtype)))
         self._objective, self._settings = objective, settings
         self._rng = jax.random.key(config.seed)
+        self.seconds = 0.0
 
     def due(self, step: int) -> bool:
         """Whether `step` is a preview step (a multiple of sample.preview_every)."""
@@ -111,6 +118,7 @@ class Preview:
     def at(self, step: int, params: Any) -> np.ndarray:
         """Samples `params` (the EMA params) and, when enabled, writes step_NNNNNN.png (and .gif
         for videos) under workdir/previews; returns the PNG's image, uint8 (H', W', 3)."""
+        jax.block_until_ready(params)
         start = time.perf_counter()
         x = self.sample(params)[..., :3]
         scale = max(1, -(-TILE_PIXELS // x.shape[-2]))
@@ -126,8 +134,8 @@ class Preview:
             write_image(base + ".png", image)
             if x.ndim == 5:
                 write_video(base + ".gif", make_grid(x, captions=self.captions, scale=scale))
-            logging.info("Preview at step %d: %s.png (%.2f s).", step, base,
-                         time.perf_counter() - start)
+        self.seconds = time.perf_counter() - start
+        logging.info("Preview at step %d: %.2f s.", step, self.seconds)
         return image
 
 
