@@ -65,9 +65,9 @@ def default_prompts(data, num: int) -> list[str]:
         from dit3d_jax.data.latents import read_metadata  # pylint: disable=import-outside-toplevel
         splits = read_metadata(data.path)["caption_labels"]
         heldout, train = list(splits.get("heldout", ())), list(splits["train"])
-    if heldout:
-        return [heldout[i * len(heldout) // num] for i in range(min(num, len(heldout)))]
-    return train[:num]
+    if len(heldout) > num:
+        return [heldout[i * len(heldout) // num] for i in range(num)]
+    return heldout or train[:num]
 
 
 class Preview:

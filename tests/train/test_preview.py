@@ -47,8 +47,8 @@ def read_images(tb_dir):
 def test_previews_at_every_nth_step_in_workdir_and_tensorboard(tmp_path):
     """5 steps, preview_every=2: PNG + GIF at steps 2 and 4 only. tiny is 4 frames of 8×8, 10
     classes, no text encoder: 4 tiles "class 0/2/5/7", upscaled ×8 to 64 px; the PNG has one row
-    per tile (caption line over 4 frames side by side), the GIF a 2×2 grid of 4 frames; the
-    TensorBoard image 'preview' at each step is the PNG."""
+    per tile (a caption line over 4 frames side by side), the GIF a 2×2 grid of 4 frames (the
+    captions wrapped to the tiles); the TensorBoard image 'preview' at each step is the PNG."""
     config = tiny(preview_every=2)
     config.train.num_steps = 5
     train_and_evaluate(config, str(tmp_path))
@@ -60,7 +60,10 @@ def test_previews_at_every_nth_step_in_workdir_and_tensorboard(tmp_path):
     assert png.shape == (pad + 4 * (LINE_HEIGHT + tile + pad), pad + 4 * tile + pad, 3)
     gif = Image.open(previews / "step_000004.gif")
     assert gif.n_frames == 4
-    assert gif.size == (pad + 2 * (tile + pad), pad + 2 * (LINE_HEIGHT + tile + pad))
+    width, height = gif.size
+    caption = (height - pad) // 2 - tile - pad  # the caption wraps to the tile's width
+    assert width == pad + 2 * (tile + pad) and height == pad + 2 * (caption + tile + pad)
+    assert caption > 0 and caption % LINE_HEIGHT == 0
     images = read_images(tmp_path / "tb")
     assert sorted(images) == [("preview", 2), ("preview", 4)]
     np.testing.assert_array_equal(images[("preview", 4)][..., :3], png)
