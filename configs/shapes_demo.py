@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
                             text_encoder="minilm", text_max_length=16, augment=True))
     config.train.update(dict(num_steps=800, log_every=20, checkpoint_every=400,
                              keep_checkpoints=2))
-    config.sample.update(dict(sampler="heun", steps=32, cfg_scale=3.0))
+    config.sample.update(dict(sampler="heun", steps=32, cfg_scale=3.0, preview_every=200))
     if size == "gpu":
         config.model.name = "DiT3D-S/2"
         config.model.kwargs.update(dict(hidden_size=None, depth=None, num_heads=None,

@@ -66,6 +66,26 @@ def model_apply_fn(model: DiT):
     return apply_fn
 
 
+def conditions(model: DiT, *, prompts: Optional[Sequence[str]] = None,
+               labels: Optional[Sequence[int]] = None, num: int = 1,
+               encoder: Any = None) -> dict:
+    """The sampler's per-row kwargs for `num` rows of each prompt / label, rows grouped by
+    condition: "y" int32 (N,) for labels, "text" float32 (N, L, D) and "text_mask" bool (N, L)
+    for prompts (encoded by `encoder`, MiniLM by default); {} for neither. Raises ValueError
+    when the encoder's width is not the model's text_dim."""
+    cond = {}
+    if labels:
+        cond["y"] = np.repeat(np.asarray(labels, np.int32), num)
+    if prompts:
+        encoder = encoder if encoder is not None else text_encoder_for(None)
+        emb, mask = encoder.encode([p for p in prompts for _ in range(num)])
+        if emb.shape[-1] != model.input_spec.text_dim:
+            raise ValueError(f"prompts: the text encoder gives {emb.shape[-1]}-d tokens but the "
+                             f"model expects text_dim={model.input_spec.text_dim}")
+        cond["text"], cond["text_mask"] = emb, mask
+    return cond
+
+
 def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Sequence[str]] = None,
              labels: Optional[Sequence[int]] = None, num: int = 1, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 4.0, seed: int = 0, eta: float = 0.0,
@@ -84,19 +104,9 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     rows grouped by condition.
     """
     model = model.clone(dtype=compute_dtype(dtype))
-    spec = model.input_spec
-    n = max(len(prompts or ()), len(labels or ()), 1)
-    cond = {}
-    if labels:
-        cond["y"] = np.repeat(np.asarray(labels, np.int32), num)
-    if prompts:
-        encoder = encoder if encoder is not None else text_encoder_for(None)
-        emb, mask = encoder.encode([p for p in prompts for _ in range(num)])
-        if emb.shape[-1] != spec.text_dim:
-            raise ValueError(f"prompts: the text encoder gives {emb.shape[-1]}-d tokens but the "
-                             f"model expects text_dim={spec.text_dim}")
-        cond["text"], cond["text_mask"] = emb, mask
-    x = sample(model_apply_fn(model), params, spec.batch_shape(n * num), cond,
+    cond = conditions(model, prompts=prompts, labels=labels, num=num, encoder=encoder)
+    n = num * max(len(prompts or ()), len(labels or ()), 1)
+    x = sample(model_apply_fn(model), params, model.input_spec.batch_shape(n), cond,
                jax.random.key(seed), objective=objective, sampler=sampler, steps=steps,
                cfg_scale=cfg_scale, eta=eta, progress=progress,
                guidance_channels=guidance_channels)

@@ -16,6 +16,7 @@ L2-normalised). Any encoder with `dim`, `max_length` and `encode` satisfies `Tex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import importlib.util
 import json
@@ -340,7 +341,13 @@ def register_text_encoder(name: str, factory: Callable[..., TextEncoder]) -> Non
 
 
 def get_text_encoder(name: str, **kwargs: Any) -> TextEncoder:
-    """A text encoder by name, e.g. get_text_encoder("minilm", max_length=32)."""
+    """A text encoder by name, e.g. get_text_encoder("minilm", max_length=32); one instance per
+    (factory, kwargs), shared, so the data pipeline and the training previews load it once."""
     if name not in _ENCODERS:
         raise ValueError(f"name: expected one of {sorted(_ENCODERS)}, got {name!r}")
-    return _ENCODERS[name](**kwargs)
+    return _shared_encoder(_ENCODERS[name], tuple(sorted(kwargs.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_encoder(factory: Callable[..., TextEncoder], kwargs: tuple) -> TextEncoder:
+    return factory(**dict(kwargs))

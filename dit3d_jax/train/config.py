@@ -72,7 +72,12 @@ def default_config() -> ml_collections.ConfigDict:
         num_steps=400_000, log_every=100, checkpoint_every=5_000, keep_checkpoints=3))
     c.init_from = ""
     c.distributed = False
-    c.sample = ml_collections.ConfigDict(dict(sampler="ddpm", steps=250, cfg_scale=4.0))
+    # preview_*: a grid of preview_num samples from fixed prompts (() = the dataset's held-out
+    # captions, else its first training captions) and noise, preview_steps sampler steps, every
+    # preview_every steps (0 = never) in workdir/previews and TensorBoard (train/preview.py).
+    c.sample = ml_collections.ConfigDict(dict(
+        sampler="ddpm", steps=250, cfg_scale=4.0, preview_every=0, preview_num=4,
+        preview_prompts=(), preview_steps=16))
     c.lock()
     return c
 

@@ -3,9 +3,10 @@
     train_and_evaluate(config, workdir)     # trains to config.train.num_steps; rerun = resume
 
 Side effects live here and only here: the distributed runtime, the data iterator, checkpoints
-(orbax, asynchronous), metrics (workdir/metrics.jsonl, TensorBoard in workdir/tb), the progress
-bar and the SIGTERM handler. The step itself (`dit3d_jax.train.step`) stays pure; the host
-batches come from `dit3d_jax.data.sources` (config.data.name picks the source).
+(orbax, asynchronous), metrics (workdir/metrics.jsonl, TensorBoard in workdir/tb), previews
+(workdir/previews), the progress bar and the SIGTERM handler. The step itself
+(`dit3d_jax.train.step`) stays pure; the host batches come from `dit3d_jax.data.sources`
+(config.data.name picks the source).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from dit3d_jax.train.checkpoint import (Checkpointer, WriteError, abstract_train
                                         save_run_spec)
 from dit3d_jax.train.config import SIZE_FIELDS, ConfigError
 from dit3d_jax.train.optim import TRAINABLE, freeze_labels
+from dit3d_jax.train.preview import make_preview
 from dit3d_jax.train.sharding import make_mesh, shard_batch
 from dit3d_jax.train.state import TrainState, create_train_state
 from dit3d_jax.train.step import METRICS, make_train_step
@@ -223,7 +225,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     skipped with a warning, see `Checkpointer.restore_newest`); WriteError when a save or the
     metrics fail to write (the earlier checkpoints stay; re-running resumes from the last
     durable one). Logs every train.log_every steps to workdir/metrics.jsonl,
-    TensorBoard (workdir/tb) and a progress bar (process 0).
+    TensorBoard (workdir/tb) and a progress bar (process 0); a preview grid of the EMA params
+    every sample.preview_every steps to workdir/previews and TensorBoard (`train.preview`).
     """
     quiet_library_logs()
     maybe_initialize_distributed(config)
@@ -251,6 +254,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         logging.info("Creating the data iterator (%s)…", config.data.name)
         data_iter = make_data_iterator(config, model, process_index=process_index,
                                        process_count=process_count)
+        preview = make_preview(config, model, objective, workdir, enabled=main)
 
         ckpt = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
         state, state_sharding, data_state = initial_state(config, workdir, model, objective,
@@ -296,6 +300,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 window_steps.append(step)
                 window_metrics.append(metrics)
                 bar.update(step)
+                if preview is not None and preview.due(step):
+                    writer.write_image("preview", preview.at(step, state.ema_params), step)
+                    t_window += preview.seconds  # not counted in steps/s
                 log_now = step % log_every == 0 or step == num_steps
                 if log_now:
                     host = jax.device_get(window_metrics)

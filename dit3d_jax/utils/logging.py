@@ -167,7 +167,8 @@ def _number(value) -> float | int | None:
 
 
 class MetricsWriter:
-    """Scalars per step to workdir/metrics.jsonl and TensorBoard (workdir/tb).
+    """Scalars per step to workdir/metrics.jsonl and TensorBoard (workdir/tb); text and images
+    (write_text, write_image) to TensorBoard only.
 
     workdir: the run directory. start_step: the step the run starts from; records after it are
     dropped from metrics.jsonl. enabled: False makes every call a no-op (processes other than 0).
@@ -205,6 +206,12 @@ class MetricsWriter:
         """A text entry in TensorBoard (e.g. the resolved config)."""
         if self.enabled:
             self._tb.add_text(tag, text, step)
+
+    def write_image(self, tag: str, image, step: int) -> None:
+        """An image entry in TensorBoard: image (H, W, 3) uint8 (e.g. a preview grid)."""
+        if self.enabled:
+            self._tb.add_image(tag, image, int(step), dataformats="HWC")
+            self._tb.flush()
 
     def close(self) -> None:
         if self._file is not None:

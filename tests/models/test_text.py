@@ -108,6 +108,7 @@ def test_encoder_satisfies_protocol_and_registry(encoder):
     small = get_text_encoder("minilm", max_length=8)
     emb, mask = small.encode(["a red ball"])
     assert emb.shape == (1, 8, 384) and emb.dtype == np.float32 and mask.dtype == bool
+    assert get_text_encoder("minilm", max_length=8) is small  # loaded once, shared
     with pytest.raises(ValueError, match=r"name: expected one of \['minilm'\], got 't9'"):
         get_text_encoder("t9")
 
