@@ -85,7 +85,7 @@ class Preview:
         num = int(config.sample.preview_num)
         settings = sample_settings(config, steps=int(config.sample.preview_steps))
         prompts = list(config.sample.preview_prompts)
-        has_text = bool(getattr(model, "text_dim", 0)) and bool(config.data.text_encoder)
+        has_text = model.input_spec.text_dim > 0 and bool(config.data.text_encoder)
         if prompts and not has_text:
             raise ConfigError(f"sample.preview_prompts: the model has no text conditioning "
                               f"(model.kwargs.text_dim, data.text_encoder), got {prompts!r}")
