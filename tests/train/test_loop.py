@@ -6,7 +6,6 @@ persistent JAX compilation cache, so only the first of them compiles the train s
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from child_env import child_env
+from tb_events import summary_values
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -189,19 +189,8 @@ def test_train_py_runs_logs_and_rejects_typos(tmp_path):
 
 def read_scalars(tb_dir):
     """(tag, step, value) of every scalar in the TFRecord event files of tb_dir."""
-    from tensorboardX.proto import event_pb2
-    out = []
-    for name in sorted(os.listdir(tb_dir)):
-        data = open(os.path.join(tb_dir, name), "rb").read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in event.summary.value:
-                if v.HasField("simple_value"):
-                    out.append((v.tag, event.step, v.simple_value))
-    return out
+    return [(v.tag, step, v.simple_value) for step, v in summary_values(tb_dir)
+            if v.HasField("simple_value")]
 
 
 def test_init_from_inflates_exported_image_dit(tmp_path, monkeypatch):

@@ -3,12 +3,12 @@ steps in workdir/previews and TensorBoard, the same for the same params, off by 
 ConfigError for out-of-range fields."""
 import io
 import os
-import struct
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
+from tb_events import summary_values
 
 from dit3d_jax.diffusion.objective import make_objective
 from dit3d_jax.models import init_params
@@ -28,20 +28,8 @@ def tiny(**sample):
 
 def read_images(tb_dir):
     """{(tag, step): (H, W, C) uint8} of every image summary in the event files of tb_dir."""
-    from tensorboardX.proto import event_pb2
-    out = {}
-    for name in sorted(os.listdir(tb_dir)):
-        data = open(os.path.join(tb_dir, name), "rb").read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in event.summary.value:
-                if v.HasField("image"):
-                    png = Image.open(io.BytesIO(v.image.encoded_image_string))
-                    out[(v.tag, event.step)] = np.asarray(png)
-    return out
+    return {(v.tag, step): np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string)))
+            for step, v in summary_values(tb_dir) if v.HasField("image")}
 
 
 def test_previews_at_every_nth_step_in_workdir_and_tensorboard(tmp_path):
