@@ -262,9 +262,12 @@ class MiniLMEncoder:
     """all-MiniLM-L6-v2 token embeddings from a jitted Flax BERT.
 
     Captions are lower-cased WordPiece tokens `[CLS] ... [SEP]`, truncated/padded to max_length.
-    One compile per distinct batch size. Runs on `device` (default: JAX's default device) with
+    Encoded in padded chunks of CHUNK rows, so one compile serves every call (and the persistent
+    compilation cache the next process: a preview's or sample.py's prompts). Runs on `device` (default: JAX's default device) with
     float32 ("highest") matmuls, so accelerators give the same numbers as the CPU.
     """
+
+    CHUNK = 32
 
     def __init__(self, params: Mapping, config: BertConfig, tokenizer: Tokenizer,
                  max_length: int = 32, device: Optional[jax.Device] = None):
@@ -323,8 +326,15 @@ class MiniLMEncoder:
         emb is BERT's last hidden state per token, zeroed where mask is False (padding).
         """
         ids, mask = self.tokenize(texts)
+        n = len(ids)
+        pad = -n % self.CHUNK
+        ids_p = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
+        mask_p = np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)])
         with jax.default_matmul_precision("highest"):
-            emb = np.asarray(self._forward(self.params, ids, mask), np.float32)
+            emb = np.concatenate([
+                np.asarray(self._forward(self.params, ids_p[i:i + self.CHUNK],
+                                         mask_p[i:i + self.CHUNK]), np.float32)
+                for i in range(0, n + pad, self.CHUNK)])[:n]
         return np.where(mask[..., None], emb, np.float32(0)), mask
 
 

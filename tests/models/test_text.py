@@ -93,6 +93,21 @@ def test_real_tokens_do_not_depend_on_padding_or_batch(encoder, ours):
         np.testing.assert_allclose(e[1, :n], emb[caption, :n], atol=1e-5, rtol=0)
 
 
+def test_batches_past_one_chunk_match_and_compile_once(encoder, ours):
+    """Encoding runs in padded chunks of CHUNK rows: a batch longer than a chunk equals the
+    captions encoded on their own, and every batch size reuses the one compiled forward."""
+    emb, mask = ours
+    n = encoder.CHUNK + 3
+    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+    big, big_mask = encoder.encode(texts)
+    assert big.shape == (n, MAX_LENGTH, 384)
+    for i in (0, encoder.CHUNK - 1, encoder.CHUNK, n - 1):
+        np.testing.assert_array_equal(big_mask[i], mask[i % len(CAPTIONS)])
+        np.testing.assert_allclose(big[i], emb[i % len(CAPTIONS)], atol=1e-5, rtol=0)
+    encoder.encode(["one"])
+    assert encoder._forward._cache_size() == 1  # pylint: disable=protected-access
+
+
 def test_different_captions_give_different_embeddings(ours):
     emb, mask = ours
     sentence = pooled(emb, mask)
