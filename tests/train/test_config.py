@@ -177,10 +177,12 @@ def test_an_override_of_a_missing_field_is_one_config_error_in_every_variant(pat
 
 
 def test_shapes_demo_size_gpu_is_the_full_size_recipe():
-    """The variant trains what its docstring's seven flags used to: full-size clips, DiT3D-S/2."""
+    """The variant is the CPU demo with these flags: full-size clips, DiT3D-S/2, its own schedule."""
     flags = ["data.config=default", "model.kwargs.num_frames=16", "model.kwargs.input_size=32",
              "model.name=DiT3D-S/2", "model.kwargs.hidden_size=384", "model.kwargs.depth=12",
-             "model.kwargs.num_heads=6", "data.global_batch_size=64", "train.num_steps=20000"]
+             "model.kwargs.num_heads=6", "data.global_batch_size=64", "train.num_steps=20000",
+             "optim.lr=1e-3", "optim.warmup_steps=500", "train.checkpoint_every=2000",
+             "sample.preview_every=1000"]
     demo = os.path.join(REPO, "configs", "shapes_demo.py")
     flagged, variant = load_config_file(demo, flags), load_config_file(demo + ":size=gpu")
     fields = [config.to_dict() for config in (flagged, variant)]

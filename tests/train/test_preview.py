@@ -113,7 +113,7 @@ def test_prompts_are_encoded_once_by_the_runs_encoder_and_cycle_over_the_tiles(t
 def test_default_prompts_are_held_out_captions_spread_over_them_else_none():
     from dit3d_jax.data import shapes
     config = load_config_file(os.path.join(REPO, "configs", "shapes_demo.py"))
-    assert config.sample.preview_every == 200
+    assert config.sample.preview_every == 800
     heldout = shapes.captions("heldout", "tiny")
     assert len(heldout) == 14
     assert default_prompts(config.data, 4) == [heldout[i] for i in (0, 3, 7, 10)]
