@@ -1,4 +1,4 @@
-"""`make demo`: a small text-conditioned DiT3D on captioned moving shapes, ~10 minutes on 2 CPU cores.
+"""`make demo`: a small text-conditioned DiT3D on captioned moving shapes, ~9½ min on 2 CPU cores.
 
     python train.py --config configs/shapes_demo.py --workdir runs/demo
     python sample.py --workdir runs/demo --heldout --out runs/demo/samples.gif

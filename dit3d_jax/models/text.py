@@ -262,9 +262,10 @@ class MiniLMEncoder:
     """all-MiniLM-L6-v2 token embeddings from a jitted Flax BERT.
 
     Captions are lower-cased WordPiece tokens `[CLS] ... [SEP]`, truncated/padded to max_length.
-    Encoded in padded chunks of CHUNK rows, so one compile serves every call (and the persistent
-    compilation cache the next process: a preview's or sample.py's prompts). Runs on `device` (default: JAX's default device) with
-    float32 ("highest") matmuls, so accelerators give the same numbers as the CPU.
+    Encoded in chunks of CHUNK rows (the last padded), so one compile serves every batch size,
+    and the persistent compilation cache serves the next process (a preview's or sample.py's
+    prompts). Runs on `device` (default: JAX's default device) with float32 ("highest")
+    matmuls, so accelerators give the same numbers as the CPU.
     """
 
     CHUNK = 32
@@ -326,15 +327,13 @@ class MiniLMEncoder:
         emb is BERT's last hidden state per token, zeroed where mask is False (padding).
         """
         ids, mask = self.tokenize(texts)
-        n = len(ids)
-        pad = -n % self.CHUNK
-        ids_p = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
-        mask_p = np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)])
+        rows = (0, -len(ids) % self.CHUNK)  # pad the last chunk with empty captions
+        ids_p, mask_p = np.pad(ids, (rows, (0, 0))), np.pad(mask, (rows, (0, 0)))
         with jax.default_matmul_precision("highest"):
             emb = np.concatenate([
                 np.asarray(self._forward(self.params, ids_p[i:i + self.CHUNK],
                                          mask_p[i:i + self.CHUNK]), np.float32)
-                for i in range(0, n + pad, self.CHUNK)])[:n]
+                for i in range(0, len(ids_p), self.CHUNK)])[:len(ids)]
         return np.where(mask[..., None], emb, np.float32(0)), mask
 
 
