@@ -17,8 +17,9 @@ What happens inside, in order:
     EMA: ema = decay·ema + (1 − decay)·params on trainable leaves when an update was applied;
  5. the importance history takes the global batch's (t, unweighted per-sample loss) (also with
     importance.enabled off, so switching it on later starts from a warm history);
- 6. NaN guard: a non-finite loss or gradient norm leaves params, EMA, optimizer state and sampler
-    bit-for-bit unchanged and counts the step in `skipped` (the step counter still advances).
+ 6. NaN guard: steps 4 and 5 run under a lax.cond on a finite loss and gradient norm, so a
+    non-finite step leaves params, EMA, optimizer state and sampler bit-for-bit unchanged and
+    counts in `skipped` (the step counter still advances).
 Metrics (float32 scalars): loss, mse, vb, grad_norm (trainable leaves, before clipping), lr,
 skipped (1 for a dropped step). The step never imports the data stack.
 """
@@ -93,10 +94,6 @@ def _conditioning(spec: InputSpec, batch: dict) -> dict:
     return cond
 
 
-def _select(ok: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-
-
 def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], tuple]:
     """The un-jitted pure step (state, batch) -> (state, metrics)."""
     tx, labels = build_optimizer(config, model)
@@ -143,22 +140,27 @@ def make_step_fn(config, model: DiT, objective) -> Callable[[TrainState, dict], 
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         lr = lr_of(state.opt_state)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optim.apply_updates(state.params, updates, labels)
-        applied = optim.update_applied(opt_state)
-        ema_params = jax.tree_util.tree_map(
-            lambda label, e, p: e if label == optim.FROZEN else
-            jnp.where(applied, decay * e + (1.0 - decay) * p, e),
-            labels, state.ema_params, params)
-        history = importance.update(state.importance, aux["t_bins"], per_sample)
 
+        def update(carry):
+            params, ema_params, opt_state, history = carry
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optim.apply_updates(params, updates, labels)
+            applied = optim.update_applied(opt_state)
+            ema_params = jax.tree_util.tree_map(
+                lambda label, e, p: e if label == optim.FROZEN else
+                jnp.where(applied, decay * e + (1.0 - decay) * p, e),
+                labels, ema_params, params)
+            history = importance.update(history, aux["t_bins"], per_sample)
+            return params, ema_params, opt_state, history
+
+        # A branch, not a select of new against old: a select keeps both copies of every
+        # param-sized buffer alive and costs more than AdamW and EMA together on CPU.
+        params, ema_params, opt_state, history = jax.lax.cond(
+            ok, update, lambda carry: carry,
+            (state.params, state.ema_params, state.opt_state, state.importance))
         new_state = state.replace(
-            step=state.step + 1,
-            params=_select(ok, params, state.params),
-            ema_params=_select(ok, ema_params, state.ema_params),
-            opt_state=_select(ok, opt_state, state.opt_state),
-            importance=_select(ok, history, state.importance),
-            skipped=state.skipped + (~ok).astype(jnp.int32))
+            step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+            importance=history, skipped=state.skipped + (~ok).astype(jnp.int32))
         metrics = dict(loss=loss, mse=jnp.mean(aux["mse"]), vb=jnp.mean(aux["vb"]),
                        grad_norm=grad_norm, lr=lr, skipped=(~ok).astype(jnp.float32))
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
