@@ -27,26 +27,81 @@ def logical(init: Initializer, names: Sequence[Optional[str]]) -> Initializer:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
-def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
-                preferred_element_type=None) -> jax.Array:
-    """lax.dot_general that, for bfloat16 operands on CPU, asks for a float32 result and rounds
-    it back to bfloat16: the same numbers (the product accumulates in float32 either way), but
-    XLA:CPU runs bf16 x bf16 -> f32 dots on its AVX512-BF16 (XNNPACK) kernels, ~1.9x its float32
-    matmul, and bf16 -> bf16 dots at float32 speed (docs/performance.md, "CPU levers")."""
-    if (lhs.dtype == rhs.dtype == jnp.bfloat16 and preferred_element_type is None
-            and jax.default_backend() == "cpu"):
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                                   preferred_element_type=jnp.float32).astype(jnp.bfloat16)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                               preferred_element_type=preferred_element_type)
+CPU_BF16_MIN_ROWS = 128  # see `linear`
+
+
+def _rounded_dot(a: jax.Array, b: jax.Array, dims) -> jax.Array:
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+@jax.custom_vjp
+def _bf16_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """x (..., K) @ w (K, N) + b (N,) in bfloat16 (x, w bf16; b float32): the product
+    accumulated in float32, the bias added in float32, rounded once. The backward pass rounds
+    dx and dw the same way and sums db in float32."""
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return (y + b).astype(x.dtype)
+
+
+def _bf16_linear_fwd(x, w, b):
+    return _bf16_linear(x, w, b), (x, w)
+
+
+def _bf16_linear_bwd(res, ct):
+    x, w = res
+    dx = _rounded_dot(ct, w, (((ct.ndim - 1,), (1,)), ((), ())))
+    x2, ct2 = x.reshape(-1, x.shape[-1]), ct.reshape(-1, ct.shape[-1])
+    dw = _rounded_dot(x2, ct2, (((0,), (0,)), ((), ())))
+    return dx, dw, ct2.astype(jnp.float32).sum(0)
+
+
+_bf16_linear.defvjp(_bf16_linear_fwd, _bf16_linear_bwd)
+
+
+def linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Dtype) -> jax.Array:
+    """x (..., K) @ kernel (K, N) + bias (N,) computed in `dtype` -> (..., N) `dtype`.
+
+    bfloat16 on CPU: with at least CPU_BF16_MIN_ROWS rows, `_bf16_linear`: the numbers of a
+    bf16 matmul (float32 accumulation, one rounding), asked of XLA as float32 results in the
+    forward and backward pass, because XLA:CPU runs bf16 x bf16 -> f32 dots on its AVX512-BF16
+    kernels (~1.9x its float32 matmul) and bf16 -> bf16 dots, bf16 bias sums or dots with a
+    float32 cotangent at float32 speed or slower; with fewer rows (adaLN and embedders: one row
+    per sample) in float32, rounded once, since casting the kernel would cost more than the
+    product (docs/performance.md, "CPU levers"). Elsewhere, as flax's Dense: all in `dtype`.
+    """
+    if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+        b = jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else bias
+        if math.prod(x.shape[:-1]) < CPU_BF16_MIN_ROWS:
+            return (jnp.dot(x.astype(jnp.float32), kernel.astype(jnp.float32)) + b).astype(dtype)
+        return _bf16_linear(x.astype(dtype), kernel.astype(dtype), b.astype(jnp.float32))
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
+
+
+class Dense(nn.Module):
+    """A Linear layer: float32 `kernel` (K, N) and `bias` (N,), computing in `dtype` (`linear`).
+    x (..., K) -> (..., N)."""
+    features: int
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    kernel_init: Initializer = xavier
+    bias_init: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        return linear(x, kernel, bias, self.dtype)
 
 
 def dense(features: int, dtype: Dtype, names=("embed", "mlp"), kernel_init=xavier,
-          bias_init=zeros, name: Optional[str] = None, use_bias: bool = True) -> nn.Dense:
-    """A Linear layer: float32 params, `dtype` compute, logical axes `names` on the kernel."""
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias,
-                    kernel_init=logical(kernel_init, names),
-                    bias_init=logical(bias_init, names[-1:]), name=name, dot_general=dot_general)
+          bias_init=zeros, name: Optional[str] = None, use_bias: bool = True) -> Dense:
+    """A `Dense` with logical axes `names` on the kernel (the last one on the bias)."""
+    return Dense(features, dtype, use_bias, logical(kernel_init, names),
+                 logical(bias_init, names[-1:]), name=name)
 
 
 def layer_norm(x: jax.Array) -> jax.Array:
@@ -272,6 +327,6 @@ class Mlp(nn.Module):
 
 
 def ada_ln(chunks: int, hidden_size: int, dtype: Dtype, name: str,
-           bias_init: Initializer = zeros) -> nn.Dense:
+           bias_init: Initializer = zeros) -> Dense:
     """The adaLN-Zero modulation Linear (applied after SiLU): D -> chunks·D, zero kernel."""
     return dense(chunks * hidden_size, dtype, ("embed", "mlp"), zeros, bias_init, name=name)

@@ -1,11 +1,11 @@
 """The model's own matmul kernels against float64 NumPy: attention (heads-first batched matmuls,
-float32 softmax, key mask) and the Dense dot (bf16 operands, float32 accumulation)."""
+float32 softmax, key mask) and `linear` (bf16: float32 accumulation and bias, one rounding; its own backward pass)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit3d_jax.models.layers import attention, dot_general
+from dit3d_jax.models.layers import attention, linear
 
 
 def ref_attention(q, k, v, mask):
@@ -35,16 +35,24 @@ def test_xla_attention_matches_float64(masked, dtype, tol):
                                                    out[0].shape), atol=tol)
 
 
-def test_bf16_dot_rounds_the_float32_product_once():
-    k = jax.random.split(jax.random.key(1), 2)
-    a = jax.random.normal(k[0], (32, 384), jnp.bfloat16)
-    b = jax.random.normal(k[1], (384, 48), jnp.bfloat16)
-    out = dot_general(a, b, (((1,), (0,)), ((), ())))
-    assert out.dtype == jnp.bfloat16
-    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
-    # One rounding of a float32-accumulated sum: within one bf16 ulp (2^-8 relative) of exact.
-    err = np.abs(np.asarray(out, np.float64) - exact)
-    assert np.all(err <= 2.0 ** -8 * np.abs(exact) + 1e-3)
-    f32 = dot_general(a.astype(jnp.float32), b.astype(jnp.float32), (((1,), (0,)), ((), ())))
-    assert f32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(f32, np.float64), exact, rtol=1e-5, atol=1e-4)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_linear_and_its_gradients_match_float64(dtype):
+    k = jax.random.split(jax.random.key(1), 4)
+    x = jax.random.normal(k[0], (2, 16, 384)).astype(dtype).astype(jnp.float32)
+    w = (0.05 * jax.random.normal(k[1], (384, 48))).astype(dtype).astype(jnp.float32)
+    b = jax.random.normal(k[2], (48,))
+    ct = jax.random.normal(k[3], (2, 16, 48)).astype(dtype).astype(jnp.float32)
+    out, vjp = jax.vjp(lambda x, w, b: linear(x, w, b, dtype), x, w, b)
+    dx, dw, db = vjp(ct.astype(dtype))
+    assert out.dtype == dtype and dx.dtype == dw.dtype == db.dtype == jnp.float32  # as the inputs
+    x64, w64, b64, ct64 = (np.asarray(a, np.float64) for a in (x, w, b, ct))
+    ulp = 2.0 ** -8 if dtype == jnp.bfloat16 else 1e-6  # one rounding of each result
+    for got, exact in [(out, x64 @ w64 + b64), (dx, ct64 @ w64.T),
+                       (dw, x64.reshape(-1, 384).T @ ct64.reshape(-1, 48)),
+                       (db, ct64.sum((0, 1)))]:
+        err = np.abs(np.asarray(got, np.float64) - exact)
+        assert np.all(err <= ulp * np.abs(exact) + 1e-4 * np.abs(exact).max()), err.max()
+    # Without a bias: the product alone, and no bias gradient to return.
+    out_nb = linear(x, w, None, dtype)
+    np.testing.assert_allclose(np.asarray(out_nb, np.float64), x64 @ w64,
+                               rtol=ulp, atol=1e-4 * np.abs(x64 @ w64).max())
