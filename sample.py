@@ -41,7 +41,8 @@ def parse_args(argv):
                    help="guide only the first N channels (3 reproduces DiT's sample.py); "
                         "default: all")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+                   help="compute dtype (auto: bfloat16 on GPU/TPU and AVX512-BF16 CPUs, "
+                        "else float32)")
     p.add_argument("--out", default=None, help="OUT.gif (default WORKDIR/samples.gif)")
     p.add_argument("--vae", default=None, help="convert_torch_weights.py --vae output that "
                    "decodes the latents (default: the one the run's latent dataset recorded)")

@@ -55,7 +55,9 @@ def matmul_peak(dtype: str = "float32", n: Optional[int] = None, reps: int = 10)
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), dt)
     b = jax.random.normal(kb, (n, n), dt)
-    f = jax.jit(lambda a, b: a @ b)
+    # float32 results: how the models ask for bf16 products (models.layers.linear), and on
+    # XLA:CPU the only bf16 dot on its AVX512-BF16 kernels (bf16 results run at float32 speed).
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     timing = time_calls(lambda: f(a, b), steps=reps, warmup=2, sync=jax.block_until_ready)
     return {"dtype": dtype, "n": n, "flops_per_s": 2 * n ** 3 / timing["min_s"],
             "median_flops_per_s": 2 * n ** 3 / timing["median_s"]}
@@ -279,7 +281,8 @@ def bench_parser(doc: str, workers: Iterable[str]):
     p.add_argument("--depth", type=int, help="override the variant's depth (--small: 2)")
     p.add_argument("--text-len", type=int, help="caption tokens (default 32, --small 8)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="JAX compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+                   help="JAX compute dtype (auto: bfloat16 on GPU/TPU and AVX512-BF16 CPUs, "
+                        "else float32)")
     p.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn"],
                    help="auto: cudnn on GPU in bf16, else xla")
     p.add_argument("--small", action="store_true", help="tiny CPU sizes")
@@ -337,9 +340,12 @@ def model_frames(args) -> tuple[bool, int]:
 
 def resolve_precision(args, backend: str) -> tuple[str, str]:
     """(JAX compute dtype, attention kernel) for --dtype/--attn-impl on `backend`: "auto" is
-    bfloat16 on accelerators (float32 on CPU), and the models' own "auto" attention rule."""
+    the trainer's rule (`dit3d_jax.train.step.compute_dtype`: bfloat16 on accelerators and on
+    CPUs with AVX512-BF16, else float32), and the models' own "auto" attention rule."""
     from dit3d_jax.models.layers import resolve_attn_impl
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    from dit3d_jax.train.step import cpu_has_fast_bf16
+    fast = backend != "cpu" or cpu_has_fast_bf16()
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if fast else "float32")
     return dtype, resolve_attn_impl(args.attn_impl, dtype, backend)
 
 

@@ -12,7 +12,9 @@ cross-attention, no class labels. Objective: rectified flow with logit-normal t 
 noise end, where only the caption can say where the shape is), sampled with Heun at CFG 6.
 The recipe is tuned for CPU minutes (docs/performance.md, issue 12 rounds 2–3): batch 8 (a step
 costs in proportion to the batch, and per CPU minute batch 8 learns the prompt's motion soonest),
-AdamW 1.4e-3, 4400 steps; the prompt starts to steer the direction after ~3500 of them.
+AdamW 1.4e-3, 5500 steps; the prompt starts to steer the direction after ~3500 of them. The
+minutes assume bfloat16 compute (`compute_dtype: auto` on a CPU with AVX512-BF16, ~100 ms a
+step in the loop); a CPU without it trains in float32, ~20% slower.
 
 On an accelerator, `configs/shapes_demo.py:size=gpu` trains the full-size clips (the "default"
 builder: 16 frames of 32×32) with DiT3D-S/2 (hidden 384, depth 12, 6 heads), batch 64, AdamW
@@ -38,7 +40,7 @@ def get_config(arg: str = ""):
     config.ema_decay = 0.99
     config.data.update(dict(name="moving_shapes", config="tiny", global_batch_size=8,
                             text_encoder="minilm", text_max_length=16, augment=True))
-    config.train.update(dict(num_steps=4400, log_every=50, checkpoint_every=1100,
+    config.train.update(dict(num_steps=5500, log_every=50, checkpoint_every=1100,
                              keep_checkpoints=2))
     config.sample.update(dict(sampler="heun", steps=32, cfg_scale=6.0, preview_every=800))
     if size == "gpu":

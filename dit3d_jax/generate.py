@@ -97,8 +97,8 @@ def generate(model: DiT, params: Any, objective: Any, *, prompts: Optional[Seque
     variance) come from the conditional branch; None guides all. 3 reproduces DiT's sample.py
     (its forward_with_cfg guides 3 of the 4 latent channels).
     dtype: the model's compute dtype while sampling, as the training config's compute_dtype:
-    "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"; params stay float32
-    and the sampler's state float32 (sample()'s `state_dtype`).
+    "auto" (bfloat16 on GPU/TPU and AVX512-BF16 CPUs, else float32), "float32" or "bfloat16";
+    params stay float32 and the sampler's state float32 (sample()'s `state_dtype`).
     Returns (N, *model.input_spec.shape) float32 in the data's range ((N, F, H, W, C) for a
     video model, (N, H, W, C) for an image DiT), N = num · max(len(prompts), len(labels), 1),
     rows grouped by condition.

@@ -44,7 +44,7 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(self.num_heads, self.dtype, self.attn_impl)
         self.mlp = Mlp(int(self.hidden_size * self.mlp_ratio), self.dtype)
         # Chunk order: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
-        self.adaLN_modulation_1 = ada_ln(6, self.hidden_size, self.dtype, "adaLN_modulation_1")
+        self.adaLN_modulation_1 = ada_ln(6, self.hidden_size, "adaLN_modulation_1")
 
     def modulation(self, c: jax.Array) -> list[jax.Array]:
         """c (B, D) -> six (B, D) chunks in DiT's order."""
@@ -68,7 +68,7 @@ class FinalLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        mod = ada_ln(2, self.hidden_size, self.dtype, "adaLN_modulation_1")(nn.silu(c))
+        mod = ada_ln(2, self.hidden_size, "adaLN_modulation_1")(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = norm_modulate(x, shift, scale)
         return dense(self.out_features, self.dtype, ("embed", "out"), zeros, name="linear")(x)

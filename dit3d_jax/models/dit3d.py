@@ -49,7 +49,7 @@ class DiT3DBlock(DiTBlock):
         if self.temporal:
             self.temporal_attn = SelfAttention(self.num_heads, self.dtype, self.attn_impl,
                                                zero_out=True)
-            self.temporal_adaLN = ada_ln(3, self.hidden_size, self.dtype, "temporal_adaLN",
+            self.temporal_adaLN = ada_ln(3, self.hidden_size, "temporal_adaLN",
                                          bias_init=_gate_one_bias)
         if self.cross:
             self.cross_attn = CrossAttention(self.num_heads, self.dtype, self.attn_impl)

@@ -27,54 +27,53 @@ def logical(init: Initializer, names: Sequence[Optional[str]]) -> Initializer:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
-CPU_BF16_MIN_ROWS = 128  # see `linear`
-
-
-def _rounded_dot(a: jax.Array, b: jax.Array, dims) -> jax.Array:
-    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
-
-
 @jax.custom_vjp
 def _bf16_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """x (..., K) @ w (K, N) + b (N,) in bfloat16 (x, w bf16; b float32): the product
-    accumulated in float32, the bias added in float32, rounded once. The backward pass rounds
-    dx and dw the same way and sums db in float32."""
-    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
+    """x (..., K) bf16 @ w (K, N) + b (N,) (w, b float32; w rounded to bf16 for the product)
+    -> (..., N) bf16: the product accumulated in float32, the bias added in float32, rounded
+    once. The backward pass gives dx the same way, and dw, db as float32 sums (not rounded)."""
+    y = jax.lax.dot_general(x, w.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
                             preferred_element_type=jnp.float32)
     return (y + b).astype(x.dtype)
 
 
 def _bf16_linear_fwd(x, w, b):
-    return _bf16_linear(x, w, b), (x, w)
+    # symbolic_zeros: each argument arrives with `.perturbed`, so the backward pass computes
+    # only the cotangents something asks for (none for frozen kernels or data inputs).
+    need = (x.perturbed, w.perturbed, b.perturbed)
+    x, w, b = x.value, w.value, b.value
+    return _bf16_linear(x, w, b), (x, w.astype(x.dtype), need)
 
 
 def _bf16_linear_bwd(res, ct):
-    x, w = res
-    dx = _rounded_dot(ct, w, (((ct.ndim - 1,), (1,)), ((), ())))
+    x, w, (need_x, need_w, need_b) = res
+    if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+        return None, None, None
+    dx = (jax.lax.dot_general(ct, w, (((ct.ndim - 1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32).astype(x.dtype)
+          if need_x else None)
     x2, ct2 = x.reshape(-1, x.shape[-1]), ct.reshape(-1, ct.shape[-1])
-    dw = _rounded_dot(x2, ct2, (((0,), (0,)), ((), ())))
-    return dx, dw, ct2.astype(jnp.float32).sum(0)
+    dw = (jax.lax.dot_general(x2, ct2, (((0,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32) if need_w else None)
+    return dx, dw, ct2.astype(jnp.float32).sum(0) if need_b else None
 
 
-_bf16_linear.defvjp(_bf16_linear_fwd, _bf16_linear_bwd)
+_bf16_linear.defvjp(_bf16_linear_fwd, _bf16_linear_bwd, symbolic_zeros=True)
 
 
 def linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Dtype) -> jax.Array:
     """x (..., K) @ kernel (K, N) + bias (N,) computed in `dtype` -> (..., N) `dtype`.
 
-    bfloat16 on CPU: with at least CPU_BF16_MIN_ROWS rows, `_bf16_linear`: the numbers of a
-    bf16 matmul (float32 accumulation, one rounding), asked of XLA as float32 results in the
-    forward and backward pass, because XLA:CPU runs bf16 x bf16 -> f32 dots on its AVX512-BF16
-    kernels (~1.9x its float32 matmul) and bf16 -> bf16 dots, bf16 bias sums or dots with a
-    float32 cotangent at float32 speed or slower; with fewer rows (adaLN and embedders: one row
-    per sample) in float32, rounded once, since casting the kernel would cost more than the
-    product (docs/performance.md, "CPU levers"). Elsewhere, as flax's Dense: all in `dtype`.
+    bfloat16 on CPU takes `_bf16_linear`: the numbers of a bf16 matmul (float32 accumulation,
+    one rounding; weight and bias gradients stay float32), asked of XLA as float32 results in
+    the forward and backward pass, because
+    XLA:CPU runs bf16 x bf16 -> f32 dots on its AVX512-BF16 kernels (~1.9x its float32 matmul)
+    and bf16 -> bf16 dots, bf16 bias sums or dots with a float32 cotangent at float32 speed or
+    slower (docs/performance.md, "CPU levers"). Elsewhere, as flax's Dense: all in `dtype`.
     """
     if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
         b = jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else bias
-        if math.prod(x.shape[:-1]) < CPU_BF16_MIN_ROWS:
-            return (jnp.dot(x.astype(jnp.float32), kernel.astype(jnp.float32)) + b).astype(dtype)
-        return _bf16_linear(x.astype(dtype), kernel.astype(dtype), b.astype(jnp.float32))
+        return _bf16_linear(x.astype(dtype), kernel.astype(jnp.float32), b.astype(jnp.float32))
     y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
     return y if bias is None else y + bias.astype(dtype)
 
@@ -326,7 +325,11 @@ class Mlp(nn.Module):
         return dense(x.shape[-1], self.dtype, ("mlp", "embed"), name="fc2")(gelu_tanh(h))
 
 
-def ada_ln(chunks: int, hidden_size: int, dtype: Dtype, name: str,
-           bias_init: Initializer = zeros) -> Dense:
-    """The adaLN-Zero modulation Linear (applied after SiLU): D -> chunks·D, zero kernel."""
-    return dense(chunks * hidden_size, dtype, ("embed", "mlp"), zeros, bias_init, name=name)
+def ada_ln(chunks: int, hidden_size: int, name: str, bias_init: Initializer = zeros) -> Dense:
+    """The adaLN-Zero modulation Linear (applied after SiLU): D -> chunks·D, zero kernel.
+
+    float32 whatever the compute dtype: it sees one row per sample, so a bf16 copy of its kernel
+    (the largest in a block) would cost more than the product, and its shifts, scales and gates
+    meet the float32 residual stream (their gradients are float32 sums over the tokens)."""
+    return dense(chunks * hidden_size, jnp.float32, ("embed", "mlp"), zeros, bias_init,
+                 name=name)

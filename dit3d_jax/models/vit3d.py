@@ -187,7 +187,7 @@ class VideoBlock(nn.Module):
     def __call__(self, x, c, text=None, text_mask=None, temporal_pos=None):
         b, f, n, d = x.shape
         if self.temporal:
-            mod = ada_ln(3, d, self.dtype, "temporal_adaLN", bias_init=_gate_one_bias)(nn.silu(c))
+            mod = ada_ln(3, d, "temporal_adaLN", bias_init=_gate_one_bias)(nn.silu(c))
             shift, scale, gate = jnp.split(mod, 3, axis=-1)
             h = norm_modulate(x.reshape(b, f * n, d), shift, scale).reshape(b, f, n, d)
             h = h + temporal_pos[None, :, None].astype(h.dtype)

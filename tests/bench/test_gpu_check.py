@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dit3d_jax.train.step import cpu_has_fast_bf16
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(spec)
@@ -36,10 +38,11 @@ def test_dry_run_runs_every_part_and_writes_json_and_table(tmp_path):
         return [(r["framework"], r["precision"], r["case"].get("freeze"))
                 for r in record["parts"][part]["results"]]
 
-    assert runs("train_dit_s2") == [("jax", "float32 xla", "none"), ("torch", "fp32", "none")]
-    assert runs("train_dit3d_b32") == [("jax", "float32 xla", "backbone"),
+    jax_auto = ("bfloat16" if cpu_has_fast_bf16() else "float32") + " xla"  # --dtype auto
+    assert runs("train_dit_s2") == [("jax", jax_auto, "none"), ("torch", "fp32", "none")]
+    assert runs("train_dit3d_b32") == [("jax", jax_auto, "backbone"),
                                        ("torch", "fp32", "backbone")]
-    assert [r[:2] for r in runs("sample_dit_xl2")] == [("jax", "float32 xla"), ("torch", "fp32")]
+    assert [r[:2] for r in runs("sample_dit_xl2")] == [("jax", jax_auto), ("torch", "fp32")]
     for part in PART_NAMES[1:]:
         for r in record["parts"][part]["results"]:
             assert r["timing"]["median_s"] > 0

@@ -56,3 +56,16 @@ def test_linear_and_its_gradients_match_float64(dtype):
     out_nb = linear(x, w, None, dtype)
     np.testing.assert_allclose(np.asarray(out_nb, np.float64), x64 @ w64,
                                rtol=ulp, atol=1e-4 * np.abs(x64 @ w64).max())
+
+
+def test_bf16_linear_differentiates_only_what_is_asked():
+    """Gradients for the kernel alone equal the kernel part of the full VJP, and the traced
+    backward pass then holds one product (dw), not two: no dx for a data input."""
+    k = jax.random.split(jax.random.key(2), 2)
+    x = jax.random.normal(k[0], (4, 8, 32))
+    w = 0.1 * jax.random.normal(k[1], (32, 16))
+    loss = lambda x, w: jnp.sum(linear(x, w, None, jnp.bfloat16).astype(jnp.float32) ** 2)
+    dw_only = jax.grad(loss, argnums=1)(x, w)
+    np.testing.assert_array_equal(dw_only, jax.grad(loss, argnums=(0, 1))(x, w)[1])
+    dots = str(jax.make_jaxpr(jax.grad(loss, argnums=1))(x, w)).count("dot_general")
+    assert dots == 2  # the forward product and dw

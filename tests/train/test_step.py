@@ -22,7 +22,7 @@ from dit3d_jax.models import get_model, init_params
 from dit3d_jax.train import create_train_state, make_mesh, make_train_step, shard_batch
 from dit3d_jax.train.config import default_config
 from dit3d_jax.train import optim
-from dit3d_jax.train.step import model_inputs
+from dit3d_jax.train.step import compute_dtype, cpu_has_fast_bf16, model_inputs
 
 B = 4
 
@@ -275,3 +275,17 @@ def test_logit_normal_timesteps_with_importance_sampling_is_an_error_at_build_ti
         make_step_fn(config, model, objective)
     config.importance.enabled = False
     assert callable(make_step_fn(config, model, objective))
+
+
+def test_auto_compute_dtype_is_bf16_only_on_cpus_with_avx512_bf16(tmp_path):
+    flags = "fpu vme avx2 avx512f avx512bw avx512_vnni"
+    for name, extra, fast in [("zen4", " avx512_bf16 avx512vbmi", True),
+                              ("skylake", "", False), ("amx", " amx_bf16 avx512_bf16", True)]:
+        path = tmp_path / name
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}{extra}\n\nprocessor\t: 1\n")
+        assert cpu_has_fast_bf16(str(path)) is fast, name
+    assert cpu_has_fast_bf16(str(tmp_path / "missing")) is False  # not Linux: float32
+    on_cpu = jax.default_backend() == "cpu"
+    expected = jnp.bfloat16 if not on_cpu or cpu_has_fast_bf16() else jnp.float32
+    assert compute_dtype("auto") == expected
+    assert compute_dtype("float32") == jnp.float32 and compute_dtype("bfloat16") == jnp.bfloat16
