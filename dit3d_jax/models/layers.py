@@ -3,7 +3,8 @@
 Parameter names mirror facebookresearch/DiT (`mlp_0` for `mlp.0`, `adaLN_modulation_1` for
 `adaLN_modulation.1`) so the PyTorch converter is a renaming plus transposes. Every kernel carries
 logical axis names (see `dit3d_jax.train.sharding` for the rules that map them onto the mesh).
-Norms, softmax statistics and outputs stay float32; matmuls run in the module's `dtype`.
+Norms, softmax statistics and outputs stay float32; matmuls run in the module's `dtype`
+(`linear`), except the adaLN modulation's, which is float32 (`ada_ln`).
 """
 from __future__ import annotations
 
@@ -66,10 +67,10 @@ def linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Dt
 
     bfloat16 on CPU takes `_bf16_linear`: the numbers of a bf16 matmul (float32 accumulation,
     one rounding; weight and bias gradients stay float32), asked of XLA as float32 results in
-    the forward and backward pass, because
-    XLA:CPU runs bf16 x bf16 -> f32 dots on its AVX512-BF16 kernels (~1.9x its float32 matmul)
-    and bf16 -> bf16 dots, bf16 bias sums or dots with a float32 cotangent at float32 speed or
-    slower (docs/performance.md, "CPU levers"). Elsewhere, as flax's Dense: all in `dtype`.
+    the forward and backward pass, because XLA:CPU runs bf16 x bf16 -> f32 dots on its
+    AVX512-BF16 kernels (~1.9x its float32 matmul) and bf16 -> bf16 dots, bf16 bias sums or
+    dots with a float32 cotangent at float32 speed or slower (docs/performance.md, "CPU
+    levers"). Elsewhere, as flax's Dense: all in `dtype`.
     """
     if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
         b = jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None else bias

@@ -48,8 +48,8 @@ METRICS = ("loss", "mse", "vb", "grad_norm", "lr", "skipped")
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True on x86 CPUs with AVX512-BF16 (the Linux `cpuinfo` flags), where XLA:CPU runs
-    bf16 x bf16 -> f32 matmuls on its XNNPACK kernels at ~1.9x its float32 rate; elsewhere
-    (older x86, ARM, macOS) bfloat16 is not measured to be faster, so False."""
+    bf16 x bf16 -> f32 matmuls on its XNNPACK/YNNPACK kernels at ~1.9x its float32 rate;
+    elsewhere (older x86, ARM, macOS) bfloat16 is not measured to be faster, so False."""
     try:
         with open(cpuinfo) as f:
             return any(line.startswith("flags") and " avx512_bf16" in line for line in f)
