@@ -1,5 +1,6 @@
 """The model's own matmul kernels against float64 NumPy: attention (heads-first batched matmuls,
-float32 softmax, key mask) and `linear` (bf16: float32 accumulation and bias, one rounding; its own backward pass)."""
+float32 softmax, key mask) and `linear` (bf16: float32 accumulation and bias, one rounding; its
+own backward pass)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
