@@ -342,10 +342,10 @@ def resolve_precision(args, backend: str) -> tuple[str, str]:
     """(JAX compute dtype, attention kernel) for --dtype/--attn-impl on `backend`: "auto" is
     the trainer's rule (`dit3d_jax.train.step.compute_dtype`: bfloat16 on accelerators and on
     CPUs with AVX512-BF16, else float32), and the models' own "auto" attention rule."""
+    import numpy as np
     from dit3d_jax.models.layers import resolve_attn_impl
-    from dit3d_jax.train.step import cpu_has_fast_bf16
-    fast = backend != "cpu" or cpu_has_fast_bf16()
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if fast else "float32")
+    from dit3d_jax.train.step import compute_dtype
+    dtype = np.dtype(compute_dtype(args.dtype, backend)).name
     return dtype, resolve_attn_impl(args.attn_impl, dtype, backend)
 
 

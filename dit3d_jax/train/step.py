@@ -57,11 +57,12 @@ def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
         return False
 
 
-def compute_dtype(name: str) -> Any:
+def compute_dtype(name: str, backend: str | None = None) -> Any:
     """"auto" -> bfloat16 on GPU/TPU and on CPUs where it is faster (`cpu_has_fast_bf16`), else
-    float32; otherwise the named dtype. Params stay float32 either way."""
+    float32; otherwise the named dtype. Params stay float32 either way. backend: the one the
+    model runs on (default: JAX's default backend)."""
     if name == "auto":
-        fast = jax.default_backend() != "cpu" or cpu_has_fast_bf16()
+        fast = (backend or jax.default_backend()) != "cpu" or cpu_has_fast_bf16()
         return jnp.bfloat16 if fast else jnp.float32
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype: expected 'auto' or one of {tuple(COMPUTE_DTYPES)}, got "
